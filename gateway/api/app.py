@@ -1,0 +1,178 @@
+"""The Starlette app: wiring and lifespan. The lifespan owns every background loop (pools,
+janitor, callback deliveries), starts them in order and stops them in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api.errors import HANDLERS
+from gateway.api.openapi import build_openapi
+from gateway.api.routes import ROUTES
+from gateway.auth.keys import KeyRing
+from gateway.auth.middleware import Authenticator
+from gateway.callbacks.delivery import CallbackDeliverer
+from gateway.callbacks.ssrf import CallbackPolicy
+from gateway.config.profiles import ProfileCatalog, load_profiles
+from gateway.config.settings import Settings
+from gateway.dispatch.janitor import Janitor
+from gateway.dispatch.service import InvocationService
+from gateway.executors import make_executor
+from gateway.executors.base import Executor
+from gateway.metrics.registry import Metrics
+from gateway.storage import make_store
+from gateway.storage.base import ObjectStore
+from gateway.storage.records import InvocationStore
+
+log = logging.getLogger("jobgate")
+
+
+def jobgate_version() -> str:
+    try:
+        return version("jobgate")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+class StartupError(RuntimeError):
+    """A configuration that must not serve (said plainly, without a traceback)."""
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler may use, built once per app."""
+
+    settings: Settings
+    profiles: ProfileCatalog
+    auth: Authenticator
+    metrics: Metrics
+    store: ObjectStore
+    records: InvocationStore
+    executor: Executor
+    deliverer: CallbackDeliverer
+    service: InvocationService
+    janitor: Janitor
+
+
+def _server_callback_secret(settings: Settings) -> str:
+    """The server's signing secret: configured, or generated once and kept in the data dir
+    (so signatures stay valid across restarts). Never logged."""
+    if settings.callback_secret is not None:
+        return settings.callback_secret.get_secret_value()
+    path = Path(settings.data_dir) / "callback-secret"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    log.warning("no JOBGATE_CALLBACK_SECRET: generated one in %s (set it explicitly when "
+                "several gateways sign callbacks)", path)
+    return secret
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+    if keys.empty and not settings.is_loopback_bind:
+        raise StartupError(
+            f"refusing to serve on {settings.host} without API keys: set JOBGATE_API_KEYS "
+            "or JOBGATE_API_KEYS_FILE (see `jobgate keys new`), or bind to 127.0.0.1")
+    profiles = load_profiles(settings.profiles,
+                             check_installed=settings.executor == "local")
+    metrics = Metrics()
+    store = make_store(settings)
+    records = InvocationStore(store)
+    executor = make_executor(settings, profiles)
+    policy = CallbackPolicy(settings.callback_allow)
+    deliverer = CallbackDeliverer(settings, records, metrics, policy,
+                                  _server_callback_secret(settings))
+    service = InvocationService(settings, profiles, executor, records, deliverer, metrics,
+                                policy)
+    janitor = Janitor(records, metrics, settings.janitor_interval_s)
+    return Gateway(settings, profiles, Authenticator(keys), metrics, store, records, executor,
+                   deliverer, service, janitor)
+
+
+class RequestMetrics:
+    """Counts and times every request by route (the matched endpoint, not the raw path,
+    so ids never explode the label set)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            gw: Gateway | None = getattr(scope["app"].state, "jobgate", None)
+            if gw is not None:
+                endpoint = scope.get("endpoint")
+                route = getattr(endpoint, "__name__", "unmatched")
+                gw.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+                gw.metrics.http_duration.labels(scope["method"], route).observe(
+                    time.perf_counter() - start)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    gateway = build_gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if gateway.auth.open:
+            log.warning("*** NO API KEYS CONFIGURED: the gateway is OPEN to anyone who can "
+                        "reach %s:%s (allowed on loopback only) ***", settings.host,
+                        settings.port)
+        await gateway.store.start()
+        await gateway.executor.start()
+        recovered = await gateway.service.recover()
+        await gateway.deliverer.resume_pending()
+        gateway.janitor.start()
+        log.info("jobgate %s ready: executor=%s storage=%s profiles=%s recovered=%d",
+                 jobgate_version(), gateway.executor.name, gateway.store.name,
+                 ",".join(gateway.profiles.names()), recovered)
+        try:
+            yield
+        finally:
+            await gateway.service.drain(settings.shutdown_grace_s)
+            await gateway.janitor.stop()
+            await gateway.executor.stop()
+            await gateway.service.wait_all(10)
+            await gateway.deliverer.close()
+            await gateway.store.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers=HANDLERS)  # type: ignore[arg-type]
+    app.state.jobgate = gateway
+    app.state.openapi = build_openapi(jobgate_version())
+    app.add_middleware(RequestMetrics)
+    return app
+
+
+def app_factory() -> Any:
+    """For `uvicorn --factory gateway.api.app:app_factory`."""
+    return create_app()

@@ -1,0 +1,322 @@
+"""The HTTP API v1. Each handler reads top to bottom: authenticate -> parse -> call the
+service -> answer. Errors are raised as types and mapped in gateway.api.errors."""
+
+from __future__ import annotations
+
+import asyncio
+import zipfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.api.responses import JSONResponse
+from gateway.errors import (
+    ArtifactNotFound,
+    BadRequest,
+    InvalidInput,
+    InvocationNotFound,
+    JobgateError,
+    ObjectNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from gateway.ids import is_invocation_id
+from gateway.models import AcceptedInvocation, InvocationCreate, InvocationRecord, Status
+
+INV = "/v1/invocations"
+
+
+def _app(request: Request) -> Any:
+    return request.app.state.jobgate
+
+
+def _tenant(request: Request) -> str:
+    tenant: str = _app(request).auth.tenant(request)
+    return tenant
+
+
+def _invocation_id(request: Request) -> str:
+    value: str = request.path_params["id"]
+    if not is_invocation_id(value):
+        raise InvocationNotFound(f"no invocation {value!r}")
+    return value
+
+
+async def _read_json(request: Request, limit: int) -> tuple[Any, bytes]:
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("send the body as application/json",
+                                   {"content_type": ctype or None})
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes", {"limit": limit})
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes", {"limit": limit})
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return orjson.loads(raw), raw
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e}") from None
+
+
+def _accepted(record: InvocationRecord) -> JSONResponse:
+    body = AcceptedInvocation(id=record.id, status=record.status,
+                              links=record.public()["links"]).model_dump(mode="json")
+    return JSONResponse(body, status_code=202,
+                        headers={"Location": f"{INV}/{record.id}"})
+
+
+# -- invocations ---------------------------------------------------------------------------
+
+
+async def create_invocation(request: Request) -> Response:
+    app = _app(request)
+    tenant = _tenant(request)
+    data, raw = await _read_json(request, app.settings.max_request_bytes)
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object")
+    req = InvocationCreate.model_validate(data)
+    record, live = await app.service.submit(tenant, req, raw,
+                                            request.headers.get("idempotency-key"))
+    if req.mode == "async" or live is None and not record.status.terminal:
+        return _accepted(record)
+    if live is not None:
+        finished = await app.service.wait(live, live.plan.sync_wait_s)
+        if finished is None:
+            return _accepted(live.record)
+        record = finished
+    return JSONResponse(record.public())
+
+
+async def list_invocations(request: Request) -> Response:
+    app = _app(request)
+    tenant = _tenant(request)
+    q = request.query_params
+    status = None
+    if q.get("status"):
+        try:
+            status = Status(q["status"])
+        except ValueError:
+            raise InvalidInput(f"unknown status {q['status']!r}",
+                               {"known": [s.value for s in Status]}) from None
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        raise InvalidInput("limit must be an integer") from None
+    if not 1 <= limit <= 200:
+        raise InvalidInput("limit must be between 1 and 200")
+    cursor = q.get("cursor") or None
+    if cursor is not None and not is_invocation_id(cursor):
+        raise InvalidInput("invalid cursor")
+    records, next_cursor = await app.records.list(
+        tenant, status=status, profile=q.get("profile") or None, cursor=cursor, limit=limit)
+    items = [r.model_dump(mode="json", include={"id", "profile", "mode", "status", "reason",
+                                                 "created_at", "finished_at"})
+             for r in records]
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+
+async def get_invocation(request: Request) -> Response:
+    """``?wait=S`` long-polls: answers once the invocation ends, or after S seconds."""
+    app = _app(request)
+    tenant, inv = _tenant(request), _invocation_id(request)
+    wait = request.query_params.get("wait")
+    if wait is not None:
+        try:
+            wait_s = float(wait)
+        except ValueError:
+            raise InvalidInput("wait must be a number of seconds") from None
+        if not 0 <= wait_s <= app.settings.sync_wait_s:
+            raise InvalidInput(f"wait must be between 0 and {app.settings.sync_wait_s:g}")
+        record = await app.service.wait_for(tenant, inv, wait_s)
+    else:
+        record = await app.service.get(tenant, inv)
+    return JSONResponse(record.public())
+
+
+async def get_logs(request: Request) -> Response:
+    app = _app(request)
+    tenant, inv = _tenant(request), _invocation_id(request)
+    record = await app.service.get(tenant, inv)
+    if record.status.terminal:
+        stdout, stderr = await app.records.logs(tenant, inv)
+    else:
+        stdout, stderr = "", ""
+    stream = request.query_params.get("stream")
+    if stream in ("stdout", "stderr"):
+        return PlainTextResponse(stdout if stream == "stdout" else stderr)
+    if stream:
+        raise InvalidInput("stream must be stdout or stderr")
+    return JSONResponse({"id": inv, "status": record.status.value, "stdout": stdout,
+                         "stderr": stderr, "stdout_truncated": record.stdout_truncated,
+                         "stderr_truncated": record.stderr_truncated})
+
+
+async def list_artifacts(request: Request) -> Response:
+    app = _app(request)
+    tenant, inv = _tenant(request), _invocation_id(request)
+    record = await app.service.get(tenant, inv)
+    items = [a.model_dump(mode="json") | {"url": f"{INV}/{inv}/artifacts/{a.name}"}
+             for a in record.artifacts]
+    return JSONResponse({"items": items})
+
+
+async def get_artifact(request: Request) -> Response:
+    app = _app(request)
+    tenant, inv = _tenant(request), _invocation_id(request)
+    name = request.path_params["name"]
+    record = await app.service.get(tenant, inv)
+    artifact = next((a for a in record.artifacts if a.name == name), None)
+    if artifact is None:
+        raise ArtifactNotFound(f"invocation {inv} has no artifact {name!r}")
+    key = app.records.artifact_key(tenant, inv, name)
+    url = await app.store.presign_get(key, expires_s=300, filename=name.rsplit("/", 1)[-1])
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    stream = app.store.stream(key)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = b""
+    except ObjectNotFound:
+        raise ArtifactNotFound(f"artifact {name!r} is gone (expired?)") from None
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in stream:
+            yield chunk
+
+    filename = name.rsplit("/", 1)[-1].replace('"', "")
+    return StreamingResponse(body(), media_type="application/octet-stream", headers={
+        "Content-Length": str(artifact.size), "X-Jobgate-Sha256": artifact.sha256,
+        "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+class _ZipSink:
+    """A write-only file for zipfile that hands out what was written since last asked."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+async def get_artifacts_zip(request: Request) -> Response:
+    """Streams: memory holds one chunk at a time, never a whole file."""
+    app = _app(request)
+    tenant, inv = _tenant(request), _invocation_id(request)
+    record = await app.service.get(tenant, inv)
+
+    async def body() -> AsyncIterator[bytes]:
+        sink = _ZipSink()
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[arg-type]
+            for artifact in record.artifacts:
+                key = app.records.artifact_key(tenant, inv, artifact.name)
+                with zf.open(artifact.name, "w", force_zip64=artifact.size > 2**31) as entry:
+                    try:
+                        async for chunk in app.store.stream(key):
+                            entry.write(chunk)
+                            if sink.parts:
+                                yield sink.take()
+                    except ObjectNotFound:
+                        pass
+                yield sink.take()
+        yield sink.take()
+
+    return StreamingResponse(body(), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{inv}-artifacts.zip"'})
+
+
+async def cancel_invocation(request: Request) -> Response:
+    app = _app(request)
+    record = await app.service.cancel(_tenant(request), _invocation_id(request))
+    return JSONResponse(record.public())
+
+
+# -- catalogue and state -------------------------------------------------------------------
+
+
+async def list_profiles(request: Request) -> Response:
+    app = _app(request)
+    _tenant(request)
+    items = [p.model_dump(mode="json", exclude={"requires"}) for p in app.profiles.all()]
+    return JSONResponse({"items": items})
+
+
+async def list_pools(request: Request) -> Response:
+    app = _app(request)
+    _tenant(request)
+    return JSONResponse({"items": [p.model_dump(mode="json") for p in app.executor.pools()]})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    app = _app(request)
+    checks: dict[str, str] = {}
+    ready = app.service.accepting
+    if not ready:
+        checks["gateway"] = "shutting down"
+    for name, check in (("storage", app.store.check), ("executor", app.executor.check)):
+        try:
+            await asyncio.wait_for(check(), 5)
+            checks[name] = "ok"
+        except (JobgateError, TimeoutError, OSError) as e:
+            ready = False
+            checks[name] = getattr(e, "message", None) or f"{type(e).__name__}"
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    app = _app(request)
+    for pool in app.executor.pools():
+        for state in ("idle", "starting", "busy", "queued"):
+            app.metrics.pool_workers.labels(pool.profile, state).set(getattr(pool, state))
+    return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+ROUTES = [
+    Route(INV, create_invocation, methods=["POST"]),
+    Route(INV, list_invocations, methods=["GET"]),
+    Route(INV + "/{id}", get_invocation, methods=["GET"]),
+    Route(INV + "/{id}/logs", get_logs, methods=["GET"]),
+    Route(INV + "/{id}/artifacts", list_artifacts, methods=["GET"]),
+    Route(INV + "/{id}/artifacts.zip", get_artifacts_zip, methods=["GET"]),
+    Route(INV + "/{id}/artifacts/{name:path}", get_artifact, methods=["GET"]),
+    Route(INV + "/{id}/cancel", cancel_invocation, methods=["POST"]),
+    Route("/v1/profiles", list_profiles, methods=["GET"]),
+    Route("/v1/pools", list_pools, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]

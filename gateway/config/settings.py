@@ -1,0 +1,103 @@
+"""All of jobgate's configuration: one settings object, read once from ``JOBGATE_*``
+environment variables (and an optional ``.env`` file), then passed in. Nothing below the
+app reads the environment. Every field is documented in docs/configuration.md."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+MiB = 1024 * 1024
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JOBGATE_", env_file=None, extra="ignore", frozen=True
+    )
+
+    # -- serving ------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    executor: Literal["local", "kubernetes"] = "local"
+    storage: Literal["local", "s3"] = "local"
+    data_dir: Path = Path(".jobgate")
+    profiles: Path | None = None
+    log_level: str = "info"
+    # Seconds a sync request waits for its result before it answers 202 + Location.
+    sync_wait_s: float = Field(30.0, gt=0, le=900)
+    # Seconds a SIGTERM gives in-flight sync requests before the gateway exits.
+    shutdown_grace_s: float = Field(20.0, ge=0, le=600)
+
+    # -- authentication -----------------------------------------------------------------
+    # Comma-separated "tenant:sha256hex" entries (hashes of the keys, never the keys).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+
+    # -- limits on what a client controls -----------------------------------------------
+    max_request_bytes: int = Field(8 * MiB, gt=0)
+    max_code_bytes: int = Field(1 * MiB, gt=0)
+    max_files: int = Field(64, gt=0)
+    max_file_bytes: int = Field(1 * MiB, gt=0)
+    max_input_bytes: int = Field(1 * MiB, gt=0)
+    max_stdin_bytes: int = Field(1 * MiB, gt=0)
+    max_args: int = Field(256, gt=0)
+    max_env: int = Field(64, gt=0)
+    max_env_value_bytes: int = Field(32 * 1024, gt=0)
+    default_ttl_s: int = Field(86400, gt=0)
+    max_ttl_s: int = Field(7 * 86400, gt=0)
+
+    # -- outputs --------------------------------------------------------------------------
+    output_cap_bytes: int = Field(1 * MiB, gt=0)
+    # A stream past this size stops the code (reason OutputLimit); below it, output past
+    # output_cap_bytes is only truncated in the response.
+    output_hard_limit_bytes: int = Field(64 * MiB, gt=0)
+    result_cap_bytes: int = Field(1 * MiB, gt=0)
+    artifact_max_count: int = Field(100, gt=0)
+    # One file (stdout or an artifact) is also capped by output_hard_limit_bytes.
+    artifact_max_bytes: int = Field(64 * MiB, gt=0)
+    artifact_max_total_bytes: int = Field(500 * MiB, gt=0)
+
+    # -- dispatch -------------------------------------------------------------------------
+    queue_size: int = Field(256, ge=0)
+    max_concurrency: int = Field(32, gt=0)
+    worker_idle_timeout_s: float = Field(900.0, ge=0)
+    # Local executor: per-worker uids ("auto" = 200000-265535 when root, off otherwise).
+    local_uid_range: str = "auto"
+    # Local executor: an empty network namespace for profiles without network (root only).
+    local_isolate_network: bool = True
+
+    # -- callbacks ------------------------------------------------------------------------
+    callback_secret: SecretStr | None = None
+    callback_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_max_attempts: int = Field(8, ge=1, le=50)
+    callback_timeout_s: float = Field(10.0, gt=0)
+    callback_backoff_base_s: float = Field(1.0, gt=0)
+    callback_backoff_max_s: float = Field(300.0, gt=0)
+
+    # -- janitor --------------------------------------------------------------------------
+    janitor_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("api_keys", "callback_allow", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @property
+    def is_loopback_bind(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

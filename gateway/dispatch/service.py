@@ -1,0 +1,413 @@
+"""The path of one invocation, top to bottom:
+
+    submit:  plan (validate against the profile) -> admit (storage, queue room)
+             -> persist (request + record: durable from here) -> start the run
+    run:     claim a worker (warm, or queue for a cold one) -> send the assignment
+             -> store outputs and the final record -> release the worker -> callback
+
+Runs are tasks owned by this service, not by the HTTP request: a sync caller that goes
+away does not stop its invocation, and its result is stored all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.callbacks.delivery import CallbackDeliverer
+from gateway.callbacks.ssrf import CallbackPolicy
+from gateway.config.profiles import ProfileCatalog
+from gateway.config.settings import Settings
+from gateway.dispatch.plan import Plan, describe, make_assignment, make_plan
+from gateway.errors import (
+    AlreadyFinished,
+    IdempotencyConflict,
+    InvalidInput,
+    InvocationNotFound,
+    JobgateError,
+    ShuttingDown,
+    StorageUnavailable,
+    WorkerLost,
+    WorkerStartFailed,
+)
+from gateway.executors.base import Executor, Worker
+from gateway.executors.runner_client import WorkerUnreachable
+from gateway.ids import new_invocation_id, new_token
+from gateway.metrics.registry import Metrics
+from gateway.models import (
+    REASON_STATUS,
+    Artifact,
+    CallbackState,
+    InvocationCreate,
+    InvocationRecord,
+    Reason,
+    Status,
+    WorkerReport,
+)
+from gateway.storage.records import InvocationStore
+
+log = logging.getLogger("jobgate.dispatch")
+UNREACHABLE_RETRIES = 3
+
+
+@dataclass
+class LiveInvocation:
+    record: InvocationRecord
+    plan: Plan
+    request: InvocationCreate
+    accepted_at: float  # monotonic
+    done: asyncio.Future[InvocationRecord]
+    task: asyncio.Task[None] | None = None
+    worker: Worker | None = None
+    cancel_requested: bool = False
+    abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
+    pending_writes: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class InvocationService:
+    def __init__(self, settings: Settings, profiles: ProfileCatalog, executor: Executor,
+                 records: InvocationStore, deliverer: CallbackDeliverer, metrics: Metrics,
+                 policy: CallbackPolicy):
+        self.settings = settings
+        self.profiles = profiles
+        self.executor = executor
+        self.records = records
+        self.deliverer = deliverer
+        self.metrics = metrics
+        self.policy = policy
+        self._live: dict[str, LiveInvocation] = {}
+        self._idem_locks: dict[str, asyncio.Lock] = {}
+        self.accepting = True
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def submit(self, tenant: str, req: InvocationCreate, raw_body: bytes,
+                     idempotency_key: str | None) -> tuple[InvocationRecord, LiveInvocation | None]:
+        """Validate, admit, persist, start. Returns the record and, when it runs in this
+        replica, the live handle to wait on."""
+        if not self.accepting:
+            raise ShuttingDown("the gateway is shutting down", retry_after=1)
+        profile = self.profiles.get(req.profile)
+        plan = make_plan(req, profile, self.settings)
+        if req.callback is not None:
+            await self.policy.resolve(req.callback.url)
+        if idempotency_key is None:
+            return await self._admit_and_start(tenant, req, raw_body, plan, None)
+        if len(idempotency_key) > 255 or not idempotency_key.isprintable():
+            raise InvalidInput("Idempotency-Key must be at most 255 printable characters")
+        key_hash = self.records.hash_idempotency_key(idempotency_key)
+        body_hash = hashlib.sha256(raw_body).hexdigest()
+        lock = self._idem_locks.setdefault(f"{tenant}/{key_hash}", asyncio.Lock())
+        async with lock:
+            try:
+                entry = await self.records.idempotency(tenant, key_hash)
+                if entry is not None:
+                    if entry.body_sha256 != body_hash:
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was used with a different request",
+                            {"invocation_id": entry.invocation_id})
+                    live = self._live.get(entry.invocation_id)
+                    return await self.get(tenant, entry.invocation_id), live
+                return await self._admit_and_start(tenant, req, raw_body, plan,
+                                                   (key_hash, body_hash))
+            finally:
+                if not lock.locked() or len(self._idem_locks) > 10_000:
+                    self._idem_locks.pop(f"{tenant}/{key_hash}", None)
+
+    async def _admit_and_start(self, tenant: str, req: InvocationCreate, raw_body: bytes,
+                               plan: Plan, idempotency: tuple[str, str] | None
+                               ) -> tuple[InvocationRecord, LiveInvocation]:
+        self.executor.check_room(plan.profile)
+        now = datetime.now(UTC)
+        record = InvocationRecord(
+            id=new_invocation_id(), tenant=tenant, profile=plan.profile.name, mode=req.mode,
+            created_at=now, expires_at=now + timedelta(seconds=plan.ttl_s),
+            callback=None if req.callback is None else CallbackState(
+                url=req.callback.url, delivery_id=f"dlv_{new_token(12)}"),
+        )
+        try:
+            await self.records.create(record, raw_body, idempotency)
+        except StorageUnavailable:
+            self.metrics.rejected.labels("StorageUnavailable").inc()
+            raise
+        self.metrics.accepted.labels(record.profile, record.mode).inc()
+        return record, self._start(record, plan, req)
+
+    def _start(self, record: InvocationRecord, plan: Plan, req: InvocationCreate
+               ) -> LiveInvocation:
+        live = LiveInvocation(record=record, plan=plan, request=req,
+                              accepted_at=time.monotonic(),
+                              done=asyncio.get_running_loop().create_future())
+        self._live[record.id] = live
+        live.task = asyncio.create_task(self._run(live), name=f"invocation:{record.id}")
+        return live
+
+    # -- run ----------------------------------------------------------------------------
+
+    async def _run(self, live: LiveInvocation) -> None:
+        record, plan = live.record, live.plan
+        report: WorkerReport | None = None
+        worker: Worker | None = None
+        try:
+            worker, report = await self._claim_and_run(live)
+            self._apply_report(live, report)
+            if self.executor.reads_workspace and report.artifacts:
+                await self._store_artifacts(record, report)
+        except asyncio.CancelledError:
+            if live.abandoned:
+                self._live.pop(record.id, None)
+                raise
+            # Cancelled while queued (no worker yet), or the gateway is stopping.
+            if live.cancel_requested:
+                self._fail(record, Reason.Cancelled, "the invocation was cancelled")
+            else:
+                self._fail(record, Reason.WorkerLost, "the gateway shut down during the run")
+        except WorkerStartFailed as e:
+            self._fail(record, Reason.StartFailed, str(e))
+        except WorkerLost as e:
+            if live.cancel_requested:
+                self._fail(record, Reason.Cancelled, "the invocation was cancelled")
+            else:
+                self._fail(record, Reason.WorkerLost, str(e))
+        except Exception as e:  # noqa: BLE001 - an invocation ends recorded, whatever happens
+            log.exception("invocation %s failed inside the gateway", record.id)
+            self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
+        finally:
+            if not live.abandoned:
+                await self._finish(live, worker, report)
+
+    async def _claim_and_run(self, live: LiveInvocation) -> tuple[Worker, WorkerReport]:
+        record, plan = live.record, live.plan
+        assignment = make_assignment(plan, live.request, record.id, self.settings)
+        for attempt in range(UNREACHABLE_RETRIES):
+            worker = await self.executor.acquire(plan.profile)
+            live.worker = worker
+            claimed = time.monotonic()
+            if attempt == 0:
+                record.timings.queued_ms = round((claimed - live.accepted_at) * 1000, 3)
+                self.metrics.phase.labels(record.profile, "queue").observe(
+                    claimed - live.accepted_at)
+            self.metrics.starts.labels(record.profile, "warm" if worker.warm else "cold").inc()
+            record.status, record.started_at = Status.running, datetime.now(UTC)
+            record.warm, record.worker = worker.warm, worker.id
+            self._save_in_background(live)
+            try:
+                report = await self.executor.run(worker, assignment)
+            except WorkerUnreachable as e:
+                # The code never started: another worker may take it.
+                log.warning("invocation %s: %s; trying another worker", record.id, e)
+                await self.executor.release(worker, None)
+                live.worker = None
+                if live.cancel_requested or attempt == UNREACHABLE_RETRIES - 1:
+                    raise
+                continue
+            prepare = report.timings.get("prepare_ms", 0.0)
+            run_ms = report.timings.get("run_ms")
+            record.timings.start_ms = round((time.monotonic() - claimed) * 1000
+                                            - (run_ms or 0.0), 3) if run_ms else prepare
+            record.timings.run_ms = run_ms
+            self.metrics.phase.labels(record.profile, "start").observe(
+                (record.timings.start_ms or 0) / 1000)
+            if run_ms is not None:
+                self.metrics.phase.labels(record.profile, "run").observe(run_ms / 1000)
+            return worker, report
+        raise WorkerLost("no worker could be reached")
+
+    def _apply_report(self, live: LiveInvocation, report: WorkerReport) -> None:
+        record = live.record
+        reason = None
+        if report.reason is not None:
+            try:
+                reason = Reason(report.reason)
+            except ValueError:
+                reason = Reason.WorkerLost
+        if report.artifact_error and reason is None:
+            reason = Reason.ArtifactLimit
+        record.reason = reason
+        record.status = (Status.succeeded if reason is None
+                         else REASON_STATUS.get(reason, Status.failed))
+        if reason == Reason.ArtifactLimit:
+            record.message = report.artifact_error
+        elif reason == Reason.StartFailed:
+            record.message = report.error or describe(report.reason, None, None, 0)
+        else:
+            record.message = describe(report.reason, report.exit_code, report.signal,
+                                      live.plan.timeout_s)
+        if live.cancel_requested and reason == Reason.Cancelled:
+            record.status = Status.cancelled
+        record.exit_code = report.exit_code
+        record.stdout, record.stderr = report.stdout, report.stderr
+        record.stdout_bytes, record.stderr_bytes = report.stdout_bytes, report.stderr_bytes
+        record.stdout_truncated = report.stdout_truncated
+        record.stderr_truncated = report.stderr_truncated
+        record.result, record.result_error = report.result, report.result_error
+        record.artifacts = [Artifact(name=a.name, size=a.size, sha256=a.sha256)
+                            for a in report.artifacts]
+
+    async def _store_artifacts(self, record: InvocationRecord, report: WorkerReport) -> None:
+        async def one(art_path: str, name: str, sha: str) -> None:
+            await self.records.store.put_file(
+                self.records.artifact_key(record.tenant, record.id, name), Path(art_path),
+                expires_at=record.expires_at, sha256=sha)
+
+        await asyncio.gather(*(one(a.path, a.name, a.sha256) for a in report.artifacts
+                               if a.path))
+
+    def _fail(self, record: InvocationRecord, reason: Reason, message: str) -> None:
+        record.reason = reason
+        record.status = REASON_STATUS.get(reason, Status.failed)
+        record.message = message
+
+    def _save_in_background(self, live: LiveInvocation) -> None:
+        """The 'running' state is worth recording, not worth waiting for."""
+        snapshot = live.record.model_copy(deep=True)
+
+        async def save() -> None:
+            with contextlib.suppress(JobgateError, OSError):
+                await self.records.save(snapshot)
+
+        live.pending_writes.append(asyncio.create_task(save()))
+
+    async def _finish(self, live: LiveInvocation, worker: Worker | None,
+                      report: WorkerReport | None) -> None:
+        record = live.record
+        record.finished_at = datetime.now(UTC)
+        total = time.monotonic() - live.accepted_at
+        record.timings.total_ms = round(total * 1000, 3)
+        if live.pending_writes:
+            await asyncio.gather(*live.pending_writes, return_exceptions=True)
+        try:
+            await self.records.finish(record)
+        except Exception:  # noqa: BLE001 - the pending marker stays: recovery retries it
+            log.exception("invocation %s: storing the result failed", record.id)
+        if worker is not None:
+            try:
+                await self.executor.release(worker, report)
+            except Exception:  # noqa: BLE001
+                log.exception("invocation %s: releasing worker %s failed", record.id, worker.id)
+        self.metrics.phase.labels(record.profile, "total").observe(total)
+        self.metrics.invocations.labels(record.profile, record.status.value, record.mode).inc()
+        if record.callback is not None:
+            secret = live.request.callback.secret if live.request.callback else None
+            try:
+                await self.deliverer.enqueue(record, secret)
+            except Exception:  # noqa: BLE001
+                log.exception("invocation %s: the callback could not be queued", record.id)
+        self._live.pop(record.id, None)
+        if not live.done.done():
+            live.done.set_result(record)
+
+    # -- reads and control --------------------------------------------------------------
+
+    async def wait(self, live: LiveInvocation, timeout_s: float) -> InvocationRecord | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(live.done), timeout_s)
+        except TimeoutError:
+            return None
+
+    async def wait_for(self, tenant: str, invocation_id: str, timeout_s: float
+                       ) -> InvocationRecord:
+        """The record once it ends (if it runs here), or as it is after ``timeout_s``."""
+        live = self._live.get(invocation_id)
+        if live is not None and live.record.tenant == tenant:
+            finished = await self.wait(live, timeout_s)
+            if finished is not None:
+                return await self.records.load(tenant, invocation_id)
+        return await self.get(tenant, invocation_id)
+
+    async def get(self, tenant: str, invocation_id: str) -> InvocationRecord:
+        live = self._live.get(invocation_id)
+        if live is not None and live.record.tenant == tenant:
+            return live.record.model_copy(deep=True)
+        return await self.records.load(tenant, invocation_id)
+
+    async def cancel(self, tenant: str, invocation_id: str) -> InvocationRecord:
+        live = self._live.get(invocation_id)
+        if live is None or live.record.tenant != tenant:
+            record = await self.records.load(tenant, invocation_id)
+            if record.status.terminal:
+                raise AlreadyFinished(f"invocation {invocation_id} already ended as "
+                                      f"{record.status.value}", {"status": record.status.value})
+            # Accepted by a replica that is gone, not yet recovered: record the cancel.
+            self._fail(record, Reason.Cancelled, "the invocation was cancelled")
+            record.finished_at = datetime.now(UTC)
+            await self.records.finish(record)
+            return record
+        live.cancel_requested = True
+        if live.worker is not None:
+            await self.executor.cancel(live.worker)
+        elif live.task is not None:
+            live.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.done), 10)
+        return live.record.model_copy(deep=True)
+
+    # -- crash recovery and shutdown ----------------------------------------------------
+
+    async def recover(self) -> int:
+        """Finish what a previous gateway accepted but never recorded as done: queued work
+        runs now; work that was running died with its workers and is recorded as lost."""
+        recovered = 0
+        for tenant, invocation_id in await self.records.pending():
+            if invocation_id in self._live:
+                continue
+            try:
+                record = await self.records.load(tenant, invocation_id, with_logs=False)
+            except (InvocationNotFound, ValidationError):
+                continue
+            if record.status.terminal:
+                await self.records.finish(record)  # finished, marker left by a crash
+                continue
+            recovered += 1
+            if record.status == Status.queued:
+                try:
+                    raw = await self.records.load_request(tenant, invocation_id)
+                    req = InvocationCreate.model_validate_json(raw)
+                    plan = make_plan(req, self.profiles.get(req.profile), self.settings)
+                except (JobgateError, ValidationError) as e:
+                    self._fail(record, Reason.StartFailed, f"could not be resumed: {e}")
+                else:
+                    self._start(record, plan, req)
+                    continue
+            else:
+                self._fail(record, Reason.WorkerLost,
+                           "the gateway restarted while the invocation ran")
+            record.finished_at = datetime.now(UTC)
+            await self.records.finish(record)
+            if record.callback is not None:
+                await self.deliverer.enqueue(record, None)
+        if recovered:
+            log.warning("recovered %d unfinished invocation(s) from a previous run", recovered)
+        return recovered
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting; give in-flight invocations up to ``grace_s`` to finish."""
+        self.accepting = False
+        pending = [live.done for live in self._live.values()]
+        if pending:
+            log.info("draining %d in-flight invocation(s), up to %.0fs", len(pending), grace_s)
+            await asyncio.wait(pending, timeout=grace_s)
+        for live in list(self._live.values()):
+            if live.task is not None and live.worker is None:
+                # Still queued: leave it pending in storage; the next start runs it.
+                live.abandoned = True
+                live.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live.task
+
+    async def wait_all(self, timeout_s: float) -> None:
+        tasks = [live.task for live in self._live.values() if live.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)

@@ -1,0 +1,113 @@
+"""Error types of jobgate. Each knows its HTTP status and error code; the API maps them
+to the one error shape ``{"error": {"code", "message", "details"}}`` in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobgateError(Exception):
+    status = 500
+    code = "Internal"
+
+    def __init__(self, message: str, details: Any = None, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.retry_after = retry_after
+
+
+class BadRequest(JobgateError):
+    status = 400
+    code = "BadRequest"
+
+
+class InvalidInput(JobgateError):
+    status = 422
+    code = "InvalidInput"
+
+
+class PayloadTooLarge(JobgateError):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+class UnsupportedMediaType(JobgateError):
+    status = 415
+    code = "UnsupportedMediaType"
+
+
+class ProfileNotFound(InvalidInput):
+    code = "ProfileNotFound"
+
+
+class CallbackRefused(InvalidInput):
+    code = "CallbackRefused"
+
+
+class Unauthorized(JobgateError):
+    status = 401
+    code = "Unauthorized"
+
+
+class Forbidden(JobgateError):
+    status = 403
+    code = "Forbidden"
+
+
+class NotFound(JobgateError):
+    status = 404
+    code = "NotFound"
+
+
+class InvocationNotFound(NotFound):
+    code = "InvocationNotFound"
+
+
+class ArtifactNotFound(NotFound):
+    code = "ArtifactNotFound"
+
+
+class Conflict(JobgateError):
+    status = 409
+    code = "Conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "IdempotencyConflict"
+
+
+class AlreadyFinished(Conflict):
+    code = "AlreadyFinished"
+
+
+class QueueFull(JobgateError):
+    status = 429
+    code = "QueueFull"
+
+
+class ShuttingDown(JobgateError):
+    status = 503
+    code = "ShuttingDown"
+
+
+class StorageUnavailable(JobgateError):
+    status = 503
+    code = "StorageUnavailable"
+
+
+class ExecutorUnavailable(JobgateError):
+    status = 503
+    code = "ExecutorUnavailable"
+
+
+class ObjectNotFound(Exception):
+    """A storage key that does not exist (internal; mapped to a 404 of the right kind)."""
+
+
+class WorkerLost(Exception):
+    """The worker went away before it reported (internal; becomes reason WorkerLost)."""
+
+
+class WorkerStartFailed(Exception):
+    """No worker could be started for a profile (internal; becomes reason StartFailed)."""

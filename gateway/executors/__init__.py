@@ -1,0 +1,15 @@
+"""Executors: the Executor seam and its implementations."""
+
+from __future__ import annotations
+
+from gateway.config.profiles import ProfileCatalog
+from gateway.config.settings import Settings
+from gateway.executors.base import Executor
+
+
+def make_executor(settings: Settings, profiles: ProfileCatalog) -> Executor:
+    if settings.executor == "local":
+        from gateway.executors.local import LocalExecutor
+
+        return LocalExecutor(settings, profiles)
+    raise ValueError(f"executor {settings.executor!r} is not available in this build")

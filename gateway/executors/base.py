@@ -1,0 +1,67 @@
+"""The executor seam: one interface, implemented by ``local`` (runner processes on this
+machine) and ``kubernetes`` (worker Jobs). Both speak the same runner protocol
+(``gateway.executors.runner_client``) and share the warm pool (``gateway.executors.pool``)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from gateway.config.profiles import Profile
+from gateway.models import Assignment, PoolState, WorkerReport
+
+
+@dataclass
+class Worker:
+    """One single-use worker, from the moment it is ready to serve."""
+
+    id: str
+    profile: str
+    address: str  # http://host:port of its runner
+    token: str
+    ready_at: float  # monotonic
+    start_latency_s: float  # from the request to start it until it was ready
+    pid: int | None = None
+    uid: int | None = None
+    warm: bool = False
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class Executor(ABC):
+    name: str
+    # True when the gateway can read a finished worker's workspace (artifacts are stored
+    # from it directly); False when workers upload their outputs themselves.
+    reads_workspace: bool = False
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    def check_room(self, profile: Profile) -> None:
+        """Raise QueueFull when the profile's queue has no room (admission)."""
+
+    @abstractmethod
+    async def acquire(self, profile: Profile) -> Worker:
+        """A ready worker of the profile: warm from the pool, or started for this call."""
+
+    @abstractmethod
+    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+        """Send the assignment and wait for the report. Raises WorkerLost."""
+
+    @abstractmethod
+    async def cancel(self, worker: Worker) -> None:
+        """Stop a running worker; its run() then reports Cancelled or raises WorkerLost."""
+
+    @abstractmethod
+    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+        """The worker is done (single use): clean up what it leaves behind."""
+
+    @abstractmethod
+    def pools(self) -> list[PoolState]: ...
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise ExecutorUnavailable when no worker can be started (readiness)."""

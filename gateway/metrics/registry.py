@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per app (tests run several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                 30, 60, 120, 300, 900)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.invocations = Counter(
+            "jobgate_invocations", "Finished invocations", ["profile", "status", "mode"],
+            registry=r)
+        self.accepted = Counter(
+            "jobgate_invocations_accepted", "Accepted invocations", ["profile", "mode"],
+            registry=r)
+        self.rejected = Counter(
+            "jobgate_invocations_rejected", "Invocations refused at admission", ["reason"],
+            registry=r)
+        self.phase = Histogram(
+            "jobgate_invocation_phase_seconds",
+            "Time per phase: queue (wait for a worker), start (assignment to code start), "
+            "run (the code), total (accepted to recorded)",
+            ["profile", "phase"], buckets=PHASE_BUCKETS, registry=r)
+        self.starts = Counter(
+            "jobgate_worker_starts", "Workers claimed, warm (idle in the pool) or cold",
+            ["profile", "kind"], registry=r)
+        self.pool_workers = Gauge(
+            "jobgate_pool_workers", "Pool workers by state", ["profile", "state"], registry=r)
+        self.callbacks = Counter(
+            "jobgate_callback_deliveries", "Callback delivery attempts by outcome",
+            ["outcome"], registry=r)
+        self.http_requests = Counter(
+            "jobgate_http_requests", "HTTP requests", ["method", "route", "status"],
+            registry=r)
+        self.http_duration = Histogram(
+            "jobgate_http_request_duration_seconds", "HTTP request duration",
+            ["method", "route"], buckets=PHASE_BUCKETS, registry=r)
+        self.janitor_deleted = Counter(
+            "jobgate_janitor_deleted_objects", "Objects deleted by the janitor", registry=r)

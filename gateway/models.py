@@ -1,0 +1,344 @@
+"""Plain data models that cross jobgate's seams: the API request, the invocation record,
+and the runner protocol (assignment and report). Nothing here imports anything above it."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Environment names a client may set; reserved prefixes stay jobgate's.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+RESERVED_ENV_PREFIXES = ("JOBGATE_",)
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|K|M|G|m)?$")
+
+
+class Status(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    timeout = "timeout"
+    cancelled = "cancelled"
+    error = "error"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (Status.queued, Status.running)
+
+
+class Reason(StrEnum):
+    """Why an invocation did not succeed. Stable names: clients branch on them."""
+
+    Timeout = "Timeout"
+    MemoryLimit = "MemoryLimit"
+    OutputLimit = "OutputLimit"
+    NonZeroExit = "NonZeroExit"
+    Cancelled = "Cancelled"
+    WorkerLost = "WorkerLost"
+    StartFailed = "StartFailed"
+    ArtifactLimit = "ArtifactLimit"
+    StorageUnavailable = "StorageUnavailable"
+    GatewayRestarted = "GatewayRestarted"
+
+
+REASON_STATUS: dict[Reason, Status] = {
+    Reason.Timeout: Status.timeout,
+    Reason.Cancelled: Status.cancelled,
+    Reason.WorkerLost: Status.error,
+    Reason.StartFailed: Status.error,
+    Reason.StorageUnavailable: Status.error,
+    Reason.GatewayRestarted: Status.error,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# API request
+# ---------------------------------------------------------------------------------------
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float | str | None = Field(
+        None, description='CPU cores: 0.5 or "500m". At most the profile maximum.'
+    )
+    memory: int | str | None = Field(
+        None, description='Memory: MiB as an integer, or a quantity such as "512Mi", "1Gi".'
+    )
+
+    def cpu_cores(self) -> float | None:
+        if self.cpu is None:
+            return None
+        if isinstance(self.cpu, float | int):
+            value = float(self.cpu)
+        else:
+            m = _QUANTITY.match(self.cpu.strip())
+            if not m or m.group(2) not in (None, "m"):
+                raise ValueError(f'cpu must be a number of cores or millicores ("500m"), '
+                                 f"not {self.cpu!r}")
+            value = float(m.group(1)) / (1000 if m.group(2) == "m" else 1)
+        if value <= 0:
+            raise ValueError("cpu must be positive")
+        return value
+
+    def memory_mb(self) -> int | None:
+        if self.memory is None:
+            return None
+        if isinstance(self.memory, int):
+            value = float(self.memory)
+        else:
+            m = _QUANTITY.match(self.memory.strip())
+            if not m or m.group(2) == "m":
+                raise ValueError(f'memory must be MiB or a quantity like "512Mi", '
+                                 f"not {self.memory!r}")
+            scale = {None: 1 / (1024 * 1024), "Ki": 1 / 1024, "Mi": 1, "Gi": 1024,
+                     "K": 1000 / 1024 / 1024, "M": 1e6 / 1024 / 1024, "G": 1e9 / 1024 / 1024}
+            value = float(m.group(1)) * scale[m.group(2)]
+        if value < 1:
+            raise ValueError("memory must be at least 1 MiB")
+        return int(value)
+
+
+class CallbackSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2048, description="http(s) URL that receives the result")
+    secret: str | None = Field(
+        None, min_length=16, max_length=256,
+        description="Per-call signing secret; the server's secret when absent.",
+    )
+
+
+class InvocationCreate(BaseModel):
+    """The body of ``POST /v1/invocations``."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=16 * 1024 * 1024)
+    profile: str = Field(max_length=64, description="Runtime profile name, see /v1/profiles")
+    code: str | None = Field(None, description="Inline source, written to the entrypoint")
+    files: dict[str, str] | None = Field(None, description="File name -> text, multi-file")
+    entrypoint: str | None = Field(None, max_length=255,
+                                   description="File to run; the profile default if absent")
+    args: list[str] = Field(default_factory=list)
+    stdin: str | None = None
+    input: Any = Field(None, description="Any JSON: input.json and $JOBGATE_INPUT")
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(None, gt=0)
+    resources: Resources | None = None
+    mode: Literal["sync", "async"] = "sync"
+    callback: CallbackSpec | None = None
+    ttl_s: int | None = Field(None, gt=0)
+    wait_s: float | None = Field(
+        None, gt=0, description="Sync only: seconds to wait before answering 202"
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not ENV_NAME.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if name.upper().startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"environment variable {name!r} uses a reserved prefix")
+            if "\x00" in value:
+                raise ValueError(f"environment variable {name!r} contains a NUL byte")
+        return env
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, args: list[str]) -> list[str]:
+        if any("\x00" in a for a in args):
+            raise ValueError("arguments may not contain NUL bytes")
+        return args
+
+
+# ---------------------------------------------------------------------------------------
+# The invocation record (stored and returned)
+# ---------------------------------------------------------------------------------------
+
+
+class Timings(BaseModel):
+    queued_ms: float | None = None
+    start_ms: float | None = None
+    run_ms: float | None = None
+    total_ms: float | None = None
+
+
+class Artifact(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    url: str | None = None
+
+
+class CallbackAttempt(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+
+
+class CallbackState(BaseModel):
+    url: str
+    delivery_id: str
+    status: Literal["pending", "delivered", "failed"] = "pending"
+    attempts: list[CallbackAttempt] = Field(default_factory=list)
+    next_attempt_at: datetime | None = None
+
+
+class InvocationRecord(BaseModel):
+    """Everything known about an invocation. Stored as record.json; stdout and stderr are
+    stored beside it and joined in when an invocation is returned."""
+
+    id: str
+    tenant: str
+    profile: str
+    mode: Literal["sync", "async"]
+    status: Status = Status.queued
+    reason: Reason | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    result: Any = None
+    result_error: str | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+    warm: bool | None = None
+    worker: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime
+    callback: CallbackState | None = None
+
+    def public(self, base_path: str = "/v1/invocations") -> dict[str, Any]:
+        body = self.model_dump(mode="json", exclude={"tenant"})
+        body["links"] = {
+            "self": f"{base_path}/{self.id}",
+            "logs": f"{base_path}/{self.id}/logs",
+            "artifacts": f"{base_path}/{self.id}/artifacts",
+            "cancel": f"{base_path}/{self.id}/cancel",
+        }
+        return body
+
+
+class InvocationSummary(BaseModel):
+    id: str
+    profile: str
+    mode: str
+    status: Status
+    reason: Reason | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class InvocationPage(BaseModel):
+    items: list[InvocationSummary]
+    next_cursor: str | None
+
+
+class AcceptedInvocation(BaseModel):
+    id: str
+    status: Status
+    links: dict[str, str]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class PoolState(BaseModel):
+    profile: str
+    executor: str
+    idle: int
+    starting: int
+    busy: int
+    queued: int
+    min_idle: int
+    max_idle: int
+    target_idle: int
+    warm_starts: int
+    cold_starts: int
+
+
+# ---------------------------------------------------------------------------------------
+# Runner protocol (gateway -> worker), shared by every executor
+# ---------------------------------------------------------------------------------------
+
+
+class RunLimits(BaseModel):
+    memory_bytes: int
+    memory_mode: Literal["as", "data", "none"] = "as"
+    cpu_seconds: int
+    nofile: int
+    nproc: int
+    fsize_bytes: int
+
+
+class ArtifactLimits(BaseModel):
+    max_count: int
+    max_file_bytes: int
+    max_total_bytes: int
+
+
+class Assignment(BaseModel):
+    """What a worker runs. Everything per-call travels here, never in the worker's spec,
+    so any warm worker of the profile can take any invocation."""
+
+    protocol: int = 1
+    invocation_id: str
+    files: dict[str, str]
+    argv: list[str]
+    inprocess: bool = False
+    stdin: str | None = None
+    input: Any = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float
+    limits: RunLimits
+    output_cap_bytes: int
+    result_cap_bytes: int
+    artifacts: ArtifactLimits
+    keep_workspace: bool = False
+
+
+class ReportedArtifact(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    path: str | None = None
+
+
+class WorkerReport(BaseModel):
+    """What a worker answers after the run."""
+
+    model_config = ConfigDict(extra="ignore")
+    protocol: int = 1
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    result: Any = None
+    result_error: str | None = None
+    artifacts: list[ReportedArtifact] = Field(default_factory=list)
+    artifact_error: str | None = None
+    workspace_base: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)

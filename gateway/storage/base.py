@@ -1,0 +1,86 @@
+"""The storage seam: a small object-store interface with two implementations, ``local``
+(a directory) and ``s3`` (any S3-compatible server). Keys are '/'-separated; the
+invocation layout on top of it lives in ``gateway.storage.records``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None = None
+
+
+class ObjectStore(ABC):
+    """Async object storage. Every write names the object's expiry; the store keeps it
+    where it can (S3 object metadata) and the janitor enforces it through the expiry index."""
+
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open clients, create the bucket, install lifecycle rules."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients."""
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise StorageUnavailable when the store cannot serve (readiness)."""
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes, *, expires_at: datetime,
+                  content_type: str = "application/octet-stream") -> ObjectInfo: ...
+
+    @abstractmethod
+    async def put_file(self, key: str, path: Path, *, expires_at: datetime,
+                       content_type: str = "application/octet-stream",
+                       sha256: str | None = None) -> ObjectInfo:
+        """Store a file without reading it whole into memory."""
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The object's bytes, or ObjectNotFound."""
+
+    @abstractmethod
+    async def head(self, key: str) -> ObjectInfo:
+        """The object's size, or ObjectNotFound."""
+
+    @abstractmethod
+    def stream(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks (ObjectNotFound raised on first iteration)."""
+
+    @abstractmethod
+    async def list_keys(self, prefix: str, *, start_after: str | None = None,
+                        limit: int = 1000) -> list[str]:
+        """Keys under ``prefix`` in lexicographic order, after ``start_after``."""
+
+    @abstractmethod
+    async def list_children(self, prefix: str, *, start_after: str | None = None,
+                            limit: int = 1000) -> list[str]:
+        """Immediate child names under ``prefix/`` (like S3 CommonPrefixes), in order."""
+
+    @abstractmethod
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete keys; missing keys are not an error."""
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``, in batches; returns how many."""
+        deleted = 0
+        while True:
+            keys = await self.list_keys(prefix, limit=1000)
+            if not keys:
+                return deleted
+            await self.delete_keys(keys)
+            deleted += len(keys)
+
+    async def presign_get(self, key: str, *, expires_s: int, filename: str | None = None
+                          ) -> str | None:
+        """A URL a client can GET the object from, or None: then the gateway streams it."""
+        return None

@@ -1,0 +1,184 @@
+"""Local filesystem storage: the embedded default. Objects are files under
+``{data_dir}/objects``; writes go to a temporary file and are renamed into place, so a
+crash never leaves half an object. File I/O runs in a thread: never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+from gateway.errors import ObjectNotFound, StorageUnavailable
+from gateway.storage.base import ObjectInfo, ObjectStore
+
+
+class LocalStore(ObjectStore):
+    name = "local"
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve() / "objects"
+        self._tmp = Path(root).resolve() / "tmp"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        for d in (self.root, self._tmp):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def check(self) -> None:
+        ok = await asyncio.to_thread(os.access, self.root, os.W_OK)
+        if not ok:
+            raise StorageUnavailable(f"local storage {self.root} is not writable",
+                                     retry_after=5)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    async def put(self, key: str, data: bytes, *, expires_at: datetime,
+                  content_type: str = "application/octet-stream") -> ObjectInfo:
+        await asyncio.to_thread(self._write, key, data)
+        return ObjectInfo(key, len(data))
+
+    def _copy(self, key: str, src: Path, sha256: str | None) -> ObjectInfo:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
+        digest = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1024 * 1024):
+                digest.update(chunk)
+                fout.write(chunk)
+                size += len(chunk)
+        os.replace(tmp, path)
+        return ObjectInfo(key, size, digest.hexdigest())
+
+    async def put_file(self, key: str, path: Path, *, expires_at: datetime,
+                       content_type: str = "application/octet-stream",
+                       sha256: str | None = None) -> ObjectInfo:
+        return await asyncio.to_thread(self._copy, key, path, sha256)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    async def get(self, key: str) -> bytes:
+        return await asyncio.to_thread(self._read, key)
+
+    async def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            st = await asyncio.to_thread(path.stat)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        return ObjectInfo(key, st.st_size)
+
+    async def stream(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        try:
+            while chunk := await asyncio.to_thread(f.read, chunk_size):
+                yield chunk
+        finally:
+            f.close()
+
+    def _walk(self, prefix: str) -> list[str]:
+        base = self.root
+        parts = [p for p in prefix.split("/") if p]
+        start = base.joinpath(*parts) if parts else base
+        if prefix and not prefix.endswith("/") and parts:
+            # A partial last segment: walk its parent and filter.
+            start = start.parent
+        keys: list[str] = []
+        if not start.exists():
+            return keys
+        for dirpath, _dirs, files in os.walk(start):
+            rel = os.path.relpath(dirpath, base)
+            for name in files:
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return keys
+
+    async def list_keys(self, prefix: str, *, start_after: str | None = None,
+                        limit: int = 1000) -> list[str]:
+        keys = sorted(await asyncio.to_thread(self._walk, prefix))
+        if start_after:
+            keys = [k for k in keys if k > start_after]
+        return keys[:limit]
+
+    async def list_children(self, prefix: str, *, start_after: str | None = None,
+                            limit: int = 1000) -> list[str]:
+        parts = [p for p in prefix.split("/") if p]
+        path = self.root.joinpath(*parts)
+
+        def names() -> list[str]:
+            try:
+                return sorted(os.listdir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        children = await asyncio.to_thread(names)
+        if start_after:
+            children = [c for c in children if c > start_after]
+        return children[:limit]
+
+    # -- deletes ------------------------------------------------------------------------
+
+    def _delete(self, keys: list[str]) -> None:
+        parents: set[Path] = set()
+        for key in keys:
+            path = self._path(key)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                path.unlink()
+            parents.add(path.parent)
+        # Remove directories left empty, up to the root.
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            p = parent
+            while p != self.root and self.root in p.parents:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+                p = p.parent
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        if keys:
+            await asyncio.to_thread(self._delete, keys)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """A whole invocation directory goes in one rmtree."""
+        if prefix.endswith("/"):
+            path = self._path(prefix.rstrip("/"))
+            count = len(await asyncio.to_thread(self._walk, prefix))
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(self._delete, [])
+            return count
+        return await super().delete_prefix(prefix)

@@ -1,0 +1,226 @@
+"""The invocation layout on an object store. Everything an invocation owns lives under
+one prefix per tenant and invocation, so it is deleted in one sweep:
+
+    {tenant}/{id}/request.json       the accepted request (written before any 202)
+    {tenant}/{id}/record.json        the invocation record (status, result, timings)
+    {tenant}/{id}/stdout, stderr     captured output (capped)
+    {tenant}/{id}/artifacts/{name}   files the code wrote under artifacts/
+
+Beside it, three small indexes, each an object per entry so any replica can read them:
+
+    _pending/{tenant}/{id}           accepted and not finished: recovered after a crash
+    _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
+    _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from pydantic import ValidationError
+
+from gateway.errors import InvocationNotFound, ObjectNotFound
+from gateway.models import InvocationRecord, Status
+from gateway.storage.base import ObjectStore
+
+PENDING = "_pending"
+EXPIRY = "_expiry"
+IDEMPOTENCY = "_idempotency"
+_SEP = "~"
+
+
+def _bucket(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y%m%d%H%M")
+
+
+@dataclass(frozen=True)
+class ExpiryEntry:
+    marker: str
+    expires_epoch: int
+    tenant: str
+    invocation_id: str
+
+
+@dataclass(frozen=True)
+class IdempotencyEntry:
+    invocation_id: str
+    body_sha256: str
+
+
+class InvocationStore:
+    def __init__(self, store: ObjectStore, *, list_concurrency: int = 16):
+        self.store = store
+        self._list_concurrency = list_concurrency
+
+    # -- keys ---------------------------------------------------------------------------
+
+    @staticmethod
+    def prefix(tenant: str, invocation_id: str) -> str:
+        return f"{tenant}/{invocation_id}/"
+
+    def key(self, tenant: str, invocation_id: str, name: str) -> str:
+        return self.prefix(tenant, invocation_id) + name
+
+    def artifact_key(self, tenant: str, invocation_id: str, name: str) -> str:
+        return self.key(tenant, invocation_id, f"artifacts/{name}")
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def create(self, record: InvocationRecord, request_body: bytes,
+                     idempotency: tuple[str, str] | None = None) -> None:
+        """Persist a new invocation: after this returns it survives a gateway crash."""
+        exp = record.expires_at
+        t, i = record.tenant, record.id
+        marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
+        extra_keys = []
+        writes = [
+            self.store.put(self.key(t, i, "request.json"), request_body, expires_at=exp,
+                           content_type="application/json"),
+            self.store.put(f"{PENDING}/{t}/{i}", b"", expires_at=exp),
+        ]
+        if idempotency is not None:
+            key_hash, body_hash = idempotency
+            idem_key = f"{IDEMPOTENCY}/{t}/{key_hash}"
+            extra_keys.append(idem_key)
+            writes.append(self.store.put(
+                idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), expires_at=exp,
+            ))
+        writes.append(self.store.put(marker, orjson.dumps({"keys": extra_keys}),
+                                     expires_at=exp))
+        await asyncio.gather(*writes)
+        await self.save(record)
+
+    async def save(self, record: InvocationRecord) -> None:
+        body = record.model_dump_json(exclude={"stdout", "stderr"}).encode()
+        await self.store.put(self.key(record.tenant, record.id, "record.json"), body,
+                             expires_at=record.expires_at, content_type="application/json")
+
+    async def finish(self, record: InvocationRecord) -> None:
+        """Store the outputs and the final record, then drop the pending marker."""
+        t, i, exp = record.tenant, record.id, record.expires_at
+        await asyncio.gather(
+            self.store.put(self.key(t, i, "stdout"), (record.stdout or "").encode(),
+                           expires_at=exp, content_type="text/plain; charset=utf-8"),
+            self.store.put(self.key(t, i, "stderr"), (record.stderr or "").encode(),
+                           expires_at=exp, content_type="text/plain; charset=utf-8"),
+        )
+        await self.save(record)
+        await self.store.delete_keys([f"{PENDING}/{t}/{i}"])
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def load(self, tenant: str, invocation_id: str, *, with_logs: bool = True
+                   ) -> InvocationRecord:
+        try:
+            raw = await self.store.get(self.key(tenant, invocation_id, "record.json"))
+        except (ObjectNotFound, ValueError):
+            raise InvocationNotFound(f"no invocation {invocation_id!r}") from None
+        record = InvocationRecord.model_validate_json(raw)
+        if with_logs and record.status.terminal:
+            record.stdout, record.stderr = await self.logs(tenant, invocation_id)
+        return record
+
+    async def logs(self, tenant: str, invocation_id: str) -> tuple[str, str]:
+        async def one(name: str) -> str:
+            try:
+                data = await self.store.get(self.key(tenant, invocation_id, name))
+            except ObjectNotFound:
+                return ""
+            return data.decode("utf-8", errors="replace")
+
+        out, err = await asyncio.gather(one("stdout"), one("stderr"))
+        return out, err
+
+    async def load_request(self, tenant: str, invocation_id: str) -> bytes:
+        return await self.store.get(self.key(tenant, invocation_id, "request.json"))
+
+    async def list(self, tenant: str, *, status: Status | None, profile: str | None,
+                   cursor: str | None, limit: int) -> tuple[list[InvocationRecord], str | None]:
+        """Newest first (ids sort that way). Scans at most 10 pages' worth of ids per call;
+        the cursor resumes after the last id scanned, matched or not."""
+        found: list[InvocationRecord] = []
+        scanned_last: str | None = cursor
+        budget = max(limit * 10, 100)
+        sem = asyncio.Semaphore(self._list_concurrency)
+
+        async def load(i: str) -> InvocationRecord | None:
+            async with sem:
+                try:
+                    return await self.load(tenant, i, with_logs=False)
+                except (InvocationNotFound, ValidationError):
+                    return None  # created but not yet recorded, or being deleted
+
+        while len(found) < limit and budget > 0:
+            ids = await self.store.list_children(f"{tenant}/", start_after=scanned_last,
+                                                 limit=min(budget, 200))
+            ids = [i for i in ids if i.startswith("inv_")]
+            if not ids:
+                return found, None
+            records = await asyncio.gather(*(load(i) for i in ids))
+            for inv_id, rec in zip(ids, records, strict=True):
+                scanned_last = inv_id
+                budget -= 1
+                if rec is None:
+                    continue
+                if status is not None and rec.status != status:
+                    continue
+                if profile is not None and rec.profile != profile:
+                    continue
+                found.append(rec)
+                if len(found) == limit:
+                    return found, scanned_last
+        return found, scanned_last
+
+    # -- indexes ------------------------------------------------------------------------
+
+    async def pending(self) -> list[tuple[str, str]]:
+        keys = await self.store.list_keys(f"{PENDING}/", limit=100_000)
+        out = []
+        for key in keys:
+            _, tenant, inv = key.split("/", 2)
+            out.append((tenant, inv))
+        return out
+
+    @staticmethod
+    def hash_idempotency_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    async def idempotency(self, tenant: str, key_hash: str) -> IdempotencyEntry | None:
+        try:
+            raw = orjson.loads(await self.store.get(f"{IDEMPOTENCY}/{tenant}/{key_hash}"))
+        except ObjectNotFound:
+            return None
+        return IdempotencyEntry(raw["id"], raw["body_sha256"])
+
+    async def expired(self, now: datetime, *, limit: int = 1000) -> list[ExpiryEntry]:
+        """Expiry entries due at ``now``, oldest first."""
+        current = _bucket(now)
+        epoch_now = now.timestamp()
+        out: list[ExpiryEntry] = []
+        for bucket in await self.store.list_children(f"{EXPIRY}/"):
+            if bucket > current:
+                break
+            for key in await self.store.list_keys(f"{EXPIRY}/{bucket}/", limit=limit):
+                name = key.rsplit("/", 1)[1]
+                epoch_s, tenant, inv = name.split(_SEP, 2)
+                if int(epoch_s) <= epoch_now:
+                    out.append(ExpiryEntry(key, int(epoch_s), tenant, inv))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    async def delete_expired(self, entry: ExpiryEntry) -> int:
+        """Delete an expired invocation with everything it owns, marker last (so a crash
+        halfway leaves the marker, and the next sweep finishes the job)."""
+        try:
+            extra = orjson.loads(await self.store.get(entry.marker)).get("keys", [])
+        except (ObjectNotFound, orjson.JSONDecodeError):
+            extra = []
+        count = await self.store.delete_prefix(self.prefix(entry.tenant, entry.invocation_id))
+        await self.store.delete_keys([*extra, f"{PENDING}/{entry.tenant}/{entry.invocation_id}"])
+        await self.store.delete_keys([entry.marker])
+        return count + len(extra)

@@ -1,0 +1,844 @@
+"""jobgate runner: the one program every worker runs (standard library only).
+
+A runner serves exactly ONE invocation, then exits. It starts ahead of need, prepares
+its workspace and its listening socket, then waits for one assignment over HTTP:
+
+    GET  /healthz   -> 200 "ok"                         (readiness; any number of times)
+    POST /v1/run    -> 200 WorkerReport (JSON)          (exactly once; bearer token)
+
+Two ways to start it:
+
+* ``runner.py serve`` - one worker, listening on ``$JOBGATE_RUNNER_BIND`` (default
+  ``$POD_IP:8080``). This is what a Kubernetes worker pod runs.
+* ``runner.py zygote`` - a pre-imported parent for the local executor. It reads
+  ``spawn`` lines on stdin and forks a worker per line; each worker binds its own
+  loopback port and announces ``ready <worker_id> <pid> <port>`` on stdout. Forking from
+  a parent that has already imported everything makes a warm start cost a fork, not an
+  interpreter start.
+
+Python profiles run the user's entrypoint *inside* a forked child of the worker
+(``runpy``), so a Python invocation never pays for a new interpreter either. Other
+profiles exec their command. Either way the code runs in its own session (process
+group), under rlimits, with a scrubbed environment, in a private workspace.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+PROTOCOL_VERSION = 1
+RUN_PATH = "/v1/run"
+HEALTH_PATH = "/healthz"
+MAX_ASSIGNMENT_BYTES = 64 * 1024 * 1024
+HEADER_LIMIT = 64 * 1024
+# Exit status the in-process Python child uses to say "MemoryError": distinct from any
+# status a normal program picks by accident, and below 128 so it is not read as a signal.
+MEMORY_ERROR_EXIT = 117
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Modules a Python worker imports before it forks, so user code finds them loaded.
+PRELOAD_MODULES = (
+    "json", "re", "math", "random", "datetime", "collections", "itertools",
+    "functools", "typing", "dataclasses", "pathlib", "string", "textwrap", "statistics",
+    "decimal", "fractions", "hashlib", "base64", "csv", "io", "struct", "enum",
+    "heapq", "bisect", "copy", "operator", "uuid", "urllib.parse", "subprocess", "shutil",
+    "tempfile", "glob", "time", "zlib", "gzip", "array", "contextlib", "abc",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+def _safe_relpath(name: str) -> str:
+    """A workspace-relative path, or ValueError. The gateway checks too: defence in depth."""
+    if not name or "\x00" in name or name.startswith("/") or "\\" in name:
+        raise ValueError(f"invalid file name {name!r}")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid file name {name!r}")
+    return name
+
+
+def _read_capped(path: str, cap: int) -> tuple[bytes, int]:
+    """First ``cap`` bytes of a file and its full size."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return f.read(cap), size
+    except FileNotFoundError:
+        return b"", 0
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------------------
+# Running one assignment
+# ---------------------------------------------------------------------------------------
+
+
+class Limits:
+    """Resource limits of one run, from the assignment."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.memory_bytes = int(spec.get("memory_bytes") or 0)
+        self.memory_mode = str(spec.get("memory_mode") or "as")  # "as" | "data" | "none"
+        self.cpu_seconds = int(spec.get("cpu_seconds") or 0)
+        self.nofile = int(spec.get("nofile") or 256)
+        self.nproc = int(spec.get("nproc") or 64)
+        self.fsize_bytes = int(spec.get("fsize_bytes") or 0)
+
+    def apply(self, uid: int | None) -> None:
+        """Set the rlimits in the child, after fork and before the code runs."""
+        setrl = resource.setrlimit
+        setrl(resource.RLIMIT_CORE, (0, 0))
+        setrl(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        if self.cpu_seconds:
+            # Soft limit sends SIGXCPU, the hard limit one second later SIGKILL.
+            setrl(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
+        if self.fsize_bytes:
+            setrl(resource.RLIMIT_FSIZE, (self.fsize_bytes, self.fsize_bytes))
+        if self.memory_bytes and self.memory_mode == "as":
+            setrl(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
+        elif self.memory_bytes and self.memory_mode == "data":
+            setrl(resource.RLIMIT_DATA, (self.memory_bytes, self.memory_bytes))
+        nproc = self.nproc
+        if uid is None and os.geteuid() != 0:
+            # RLIMIT_NPROC counts every process of the real uid: without a uid of its own,
+            # the worker's budget is added to what this user already runs.
+            nproc += _count_processes_of(os.getuid())
+        setrl(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+def _live_processes_of(uid: int) -> bool:
+    """Whether any non-zombie process runs as ``uid`` (its /proc entry is owned by it)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z":
+            return True
+    return False
+
+
+def _kill_all_of_uid(uid: int) -> None:
+    """kill(-1) from a helper running as ``uid`` reaches exactly that uid's processes."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _reap_orphans() -> None:
+    """The runner is a child subreaper: collect the code's orphans so none stay zombies."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _become_subreaper() -> None:
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _count_processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += 1
+    return count
+
+
+class Run:
+    """One assignment: prepare files, run the code, collect what it produced."""
+
+    def __init__(self, assignment: dict[str, Any], workspace: str, outdir: str,
+                 uid: int | None, preloaded_python: bool) -> None:
+        self.a = assignment
+        self.workspace = workspace
+        self.outdir = outdir
+        self.uid = uid
+        self.preloaded_python = preloaded_python
+        self.limits = Limits(assignment.get("limits") or {})
+        self.timeout_s = float(assignment.get("timeout_s") or 30.0)
+        self.output_cap = int(assignment.get("output_cap_bytes") or 1024 * 1024)
+        self.result_cap = int(assignment.get("result_cap_bytes") or 1024 * 1024)
+        self.child_pid = 0
+        self.cancelled = False
+
+    # -- preparation ---------------------------------------------------------------------
+
+    def write_files(self) -> None:
+        files: dict[str, str] = self.a.get("files") or {}
+        for name, content in files.items():
+            path = os.path.join(self.workspace, _safe_relpath(name))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(content)
+        with open(os.path.join(self.workspace, "input.json"), "wb") as f:
+            f.write(json.dumps(self.a.get("input")).encode())
+        os.makedirs(os.path.join(self.workspace, "artifacts"), exist_ok=True)
+        if self.uid is not None:
+            for root, dirs, names in os.walk(self.workspace):
+                for n in dirs + names:
+                    os.lchown(os.path.join(root, n), self.uid, self.uid)
+
+    def child_env(self) -> dict[str, str]:
+        env = {
+            "PATH": SAFE_PATH,
+            "HOME": self.workspace,
+            "TMPDIR": self.workspace,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        env.update({str(k): str(v) for k, v in (self.a.get("env") or {}).items()})
+        inp = json.dumps(self.a.get("input"))
+        # Reserved names are set last so user env cannot override them.
+        env["JOBGATE_INVOCATION_ID"] = str(self.a.get("invocation_id", ""))
+        env["JOBGATE_WORKSPACE"] = self.workspace
+        env["JOBGATE_INPUT_FILE"] = os.path.join(self.workspace, "input.json")
+        env["JOBGATE_ARTIFACTS_DIR"] = os.path.join(self.workspace, "artifacts")
+        if len(inp) <= 32 * 1024:
+            env["JOBGATE_INPUT"] = inp
+        return env
+
+    # -- the child -----------------------------------------------------------------------
+
+    def _child(self, stdin_path: str | None, stdout_fd: int, stderr_fd: int) -> None:
+        """Runs in the forked child. Never returns."""
+        code = 1
+        try:
+            os.setsid()
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGTERM,
+                        signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            stdin_fd = os.open(stdin_path or os.devnull, os.O_RDONLY)
+            os.dup2(stdin_fd, 0)
+            os.dup2(stdout_fd, 1)
+            os.dup2(stderr_fd, 2)
+            os.closerange(3, 65536)
+            if self.uid is not None:
+                os.setgroups([])
+                os.setgid(self.uid)
+                os.setuid(self.uid)
+            self.limits.apply(self.uid)
+            os.chdir(self.workspace)
+            env = self.child_env()
+            argv = [str(x) for x in self.a["argv"]]
+            if self.a.get("inprocess") and self.preloaded_python:
+                code = _run_python_inprocess(argv, env, self.workspace)
+            else:
+                os.execvpe(argv[0], argv, env)
+        except MemoryError:
+            code = MEMORY_ERROR_EXIT
+        except BaseException:  # noqa: BLE001 - report anything, the child must not return
+            with contextlib.suppress(BaseException):
+                os.write(2, traceback.format_exc().encode())
+            code = 127
+        os._exit(code)
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def execute(self, wakeup_fd: int) -> dict[str, Any]:
+        t_assigned = _now_ms()
+        self.write_files()
+        stdout_path = os.path.join(self.outdir, "stdout")
+        stderr_path = os.path.join(self.outdir, "stderr")
+        stdin_path = None
+        if self.a.get("stdin") is not None:
+            stdin_path = os.path.join(self.outdir, "stdin")
+            with open(stdin_path, "w", encoding="utf-8") as f:
+                f.write(self.a["stdin"])
+        out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        err_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        t_start = _now_ms()
+        pid = os.fork()
+        if pid == 0:
+            self._child(stdin_path, out_fd, err_fd)
+        self.child_pid = pid
+        os.close(out_fd)
+        os.close(err_fd)
+        status, timed_out = self._wait(pid, wakeup_fd)
+        t_end = _now_ms()
+        self._kill_leftovers(pid)
+        report = self._collect(status, timed_out, stdout_path, stderr_path)
+        report["timings"] = {
+            "prepare_ms": round(t_start - t_assigned, 3),
+            "run_ms": round(t_end - t_start, 3),
+        }
+        return report
+
+    def _wait(self, pid: int, wakeup_fd: int) -> tuple[int, bool]:
+        """Wait for the child, its timeout, or a cancel (SIGTERM via the wakeup fd)."""
+        deadline = time.monotonic() + self.timeout_s
+        pidfd = os.pidfd_open(pid)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(wakeup_fd, select.POLLIN)
+        timed_out = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                events = poller.poll(remaining * 1000.0)
+                if any(fd == pidfd for fd, _ in events):
+                    break
+                if any(fd == wakeup_fd for fd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wakeup_fd, 512)
+                    if _TERMINATING:
+                        self.cancelled = True
+                        break
+        finally:
+            if timed_out or self.cancelled:
+                self._killpg(pid)
+            _, status = os.waitpid(pid, 0)
+            os.close(pidfd)
+        return status, timed_out
+
+    def _killpg(self, pgid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def _kill_leftovers(self, pgid: int) -> None:
+        """Nothing the code started may outlive the run: its group, and with a uid of its
+        own every process of that uid (which catches children that called setsid)."""
+        self._killpg(pgid)
+        if self.uid is not None:
+            for _ in range(100):
+                if not _live_processes_of(self.uid):
+                    break
+                _kill_all_of_uid(self.uid)
+                _reap_orphans()
+                time.sleep(0.002)
+        _reap_orphans()
+
+    # -- results -------------------------------------------------------------------------
+
+    def _collect(self, status: int, timed_out: bool, stdout_path: str,
+                 stderr_path: str) -> dict[str, Any]:
+        out, out_size = _read_capped(stdout_path, self.output_cap)
+        err, err_size = _read_capped(stderr_path, self.output_cap)
+        exit_code: int | None = None
+        signal_num: int | None = None
+        if os.WIFEXITED(status):
+            exit_code = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            signal_num = os.WTERMSIG(status)
+            exit_code = 128 + signal_num
+        reason = self._reason(exit_code, signal_num, timed_out, out_size, err_size, err)
+        report: dict[str, Any] = {
+            "protocol": PROTOCOL_VERSION,
+            "invocation_id": self.a.get("invocation_id"),
+            "exit_code": exit_code,
+            "signal": signal_num,
+            "reason": reason,
+            "stdout": _text(out),
+            "stderr": _text(err),
+            "stdout_bytes": out_size,
+            "stderr_bytes": err_size,
+            "stdout_truncated": out_size > len(out),
+            "stderr_truncated": err_size > len(err),
+            "result": None,
+            "result_error": None,
+            "artifacts": [],
+            "artifact_error": None,
+            "workspace": self.workspace,
+            "workspace_base": os.path.dirname(self.workspace),
+        }
+        self._collect_result(report)
+        self._collect_artifacts(report)
+        return report
+
+    def _reason(self, exit_code: int | None, signal_num: int | None, timed_out: bool,
+                out_size: int, err_size: int, err: bytes) -> str | None:
+        if self.cancelled:
+            return "Cancelled"
+        if timed_out or signal_num in (signal.SIGXCPU,):
+            return "Timeout"
+        if signal_num == signal.SIGKILL and self.limits.cpu_seconds:
+            # The hard CPU rlimit kills with SIGKILL one second after SIGXCPU.
+            return "Timeout"
+        hard = self.limits.fsize_bytes
+        if signal_num == signal.SIGXFSZ or (
+            exit_code and hard and max(out_size, err_size) >= hard
+        ):
+            return "OutputLimit"
+        if exit_code == MEMORY_ERROR_EXIT or (exit_code and _looks_out_of_memory(err)):
+            return "MemoryLimit"
+        if exit_code == 0:
+            return None
+        return "NonZeroExit"
+
+    def _collect_result(self, report: dict[str, Any]) -> None:
+        path = os.path.join(self.workspace, "result.json")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            report["result_error"] = f"result.json could not be read: {e.strerror}"
+            return
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not _stat_is_file(st):
+                report["result_error"] = "result.json is not a regular file"
+                return
+            if st.st_size > self.result_cap:
+                report["result_error"] = (
+                    f"result.json is {st.st_size} bytes, over the limit of {self.result_cap}"
+                )
+                return
+            raw = f.read(self.result_cap + 1)
+        try:
+            report["result"] = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            report["result_error"] = f"result.json is not valid JSON: {e}"
+
+    def _collect_artifacts(self, report: dict[str, Any]) -> None:
+        spec = self.a.get("artifacts") or {}
+        max_count = int(spec.get("max_count") or 100)
+        max_file = int(spec.get("max_file_bytes") or 100 * 1024 * 1024)
+        max_total = int(spec.get("max_total_bytes") or 500 * 1024 * 1024)
+        root = os.path.join(self.workspace, "artifacts")
+        found: list[dict[str, Any]] = []
+        total = 0
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                full = os.path.join(dirpath, fname)
+                rel = os.path.relpath(full, root)
+                try:
+                    fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:
+                    continue  # symlinks and vanished files are not artifacts
+                with os.fdopen(fd, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if not _stat_is_file(st):
+                        continue
+                    if len(found) >= max_count:
+                        report["artifact_error"] = (
+                            f"more than {max_count} artifacts; the rest were not kept"
+                        )
+                        report["artifacts"] = found
+                        return
+                    if st.st_size > max_file:
+                        report["artifact_error"] = (
+                            f"artifact {rel!r} is {st.st_size} bytes, over the per-artifact "
+                            f"limit of {max_file}"
+                        )
+                        continue
+                    if total + st.st_size > max_total:
+                        report["artifact_error"] = (
+                            f"artifacts exceed the total limit of {max_total} bytes"
+                        )
+                        continue
+                    digest = hashlib.sha256()
+                    while chunk := f.read(1024 * 1024):
+                        digest.update(chunk)
+                    total += st.st_size
+                    found.append({"name": rel, "size": st.st_size,
+                                  "sha256": digest.hexdigest(), "path": full})
+        report["artifacts"] = found
+
+
+def _stat_is_file(st: os.stat_result) -> bool:
+    import stat as _stat
+
+    return _stat.S_ISREG(st.st_mode)
+
+
+def _looks_out_of_memory(stderr: bytes) -> bool:
+    tail = stderr[-4096:]
+    return any(m in tail for m in (
+        b"MemoryError", b"Cannot allocate memory", b"out of memory",
+        b"JavaScript heap out of memory", b"Fatal process OOM", b"std::bad_alloc",
+        b"xmalloc",
+    ))
+
+
+def _is_runner_frame(filename: str) -> bool:
+    return filename == __file__
+
+
+def _exec_as_main(script: str) -> None:
+    """What ``python3 script`` does, without runpy's import machinery (2 ms saved)."""
+    import types
+
+    with open(script, "rb") as f:
+        source = f.read()
+    code = compile(source, script, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
+def _run_python_inprocess(argv: list[str], env: dict[str, str], workspace: str) -> int:
+    """Run ``python3 FILE ARGS`` inside this (forked, pre-imported) process."""
+    script_idx = 1
+    while script_idx < len(argv) and argv[script_idx].startswith("-"):
+        script_idx += 1  # interpreter flags such as -u are accepted and ignored
+    if script_idx >= len(argv):
+        os.write(2, b"jobgate: python entrypoint needs a script file\n")
+        return 2
+    script = argv[script_idx]
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = argv[script_idx:]
+    sys.path[0:0] = [workspace]
+    # Fresh text streams on the redirected descriptors; line-buffered like a terminal
+    # would not be, but nothing is lost if the code crashes hard.
+    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    code = 0
+    try:
+        _exec_as_main(script)
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code & 0xFF
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except MemoryError:
+        with contextlib.suppress(BaseException):
+            sys.stderr.write("MemoryError: the invocation exceeded its memory limit\n")
+        code = MEMORY_ERROR_EXIT
+    except BaseException:  # noqa: BLE001 - like the interpreter: print and exit 1
+        # Drop this runner's and runpy's frames so the traceback starts at the user's code.
+        etype, value, tb = sys.exc_info()
+        while tb is not None and _is_runner_frame(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        traceback.print_exception(etype, value, tb)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return code
+
+
+# ---------------------------------------------------------------------------------------
+# The one-shot HTTP server
+# ---------------------------------------------------------------------------------------
+
+_TERMINATING = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _TERMINATING
+    _TERMINATING = True
+
+
+def _recv_request(conn: socket.socket) -> tuple[str, str, dict[str, str], bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("client closed")
+        buf += chunk
+        if len(buf) > HEADER_LIMIT:
+            raise ValueError("headers too large")
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    length = int(headers.get("content-length") or 0)
+    if length > MAX_ASSIGNMENT_BYTES:
+        raise ValueError("assignment too large")
+    while len(body) < length:
+        chunk = conn.recv(min(1024 * 1024, length - len(body)))
+        if not chunk:
+            raise ConnectionError("client closed")
+        body += chunk
+    return method, path, headers, body
+
+
+def _send(conn: socket.socket, status: int, body: bytes,
+          content_type: str = "application/json") -> None:
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              409: "Conflict", 500: "Internal Server Error"}.get(status, "OK")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with contextlib.suppress(OSError):
+        conn.sendall(head + body)
+
+
+class Worker:
+    """One worker: a workspace, a listening socket, one assignment."""
+
+    def __init__(self, listener: socket.socket, token: str, workspace_root: str,
+                 uid: int | None, preloaded_python: bool) -> None:
+        self.listener = listener
+        self.token = token
+        self.uid = uid
+        self.preloaded_python = preloaded_python
+        os.makedirs(workspace_root, exist_ok=True)
+        self.base = _mkdtemp(workspace_root)
+        self.workspace = os.path.join(self.base, "ws")
+        self.outdir = os.path.join(self.base, "out")
+        # The base is traversable so a worker uid reaches its workspace; the output
+        # directory stays private to the runner.
+        os.chmod(self.base, 0o711)
+        os.mkdir(self.workspace, 0o700)
+        os.mkdir(self.outdir, 0o700)
+        if uid is not None:
+            os.chown(self.workspace, uid, uid)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _become_subreaper()
+        self.keep_workspace = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+
+    def serve(self, idle_timeout_s: float | None = None) -> int:
+        """Answer health checks until the one assignment arrives; run it; exit."""
+        deadline = None if not idle_timeout_s else time.monotonic() + idle_timeout_s
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        try:
+            while True:
+                if _TERMINATING:
+                    return 0
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if timeout is not None and timeout <= 0:
+                    return 0  # idle too long: the pool replaces us
+                events = poller.poll(None if timeout is None else timeout * 1000.0)
+                if not any(fd == self.listener.fileno() for fd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 512)
+                    continue
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    continue
+                if self._handle(conn):
+                    return 0
+        finally:
+            self.cleanup()
+
+    def _handle(self, conn: socket.socket) -> bool:
+        """Serve one connection; True once the assignment has been run."""
+        conn.settimeout(30)
+        with conn:
+            try:
+                method, path, headers, body = _recv_request(conn)
+            except (OSError, ValueError, ConnectionError):
+                return False
+            if method == "GET" and path == HEALTH_PATH:
+                _send(conn, 200, b"ok", "text/plain")
+                return False
+            if method != "POST" or path != RUN_PATH:
+                _send(conn, 404, b'{"error":"not found"}')
+                return False
+            auth = headers.get("authorization", "")
+            if not _constant_time_eq(auth, f"Bearer {self.token}"):
+                _send(conn, 401, b'{"error":"bad token"}')
+                return False
+            self.listener.close()  # one invocation per worker: nobody else gets in
+            try:
+                assignment = json.loads(body)
+                # The local executor stores artifacts straight from the workspace and
+                # removes it itself; everywhere else the worker cleans up after reporting.
+                self.keep_workspace = bool(assignment.get("keep_workspace"))
+                run = Run(assignment, self.workspace, self.outdir, self.uid,
+                          self.preloaded_python)
+                conn.settimeout(None)
+                report = run.execute(self.wake_r)
+                status = 200
+            except Exception as e:  # noqa: BLE001 - the gateway gets a StartFailed report
+                report = {"protocol": PROTOCOL_VERSION, "reason": "StartFailed",
+                          "error": f"{type(e).__name__}: {e}", "exit_code": None,
+                          "workspace": self.workspace}
+                status = 200
+            _send(conn, status, json.dumps(report).encode())
+            return True
+
+    def cleanup(self) -> None:
+        if not self.keep_workspace:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _constant_time_eq(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _mkdtemp(root: str) -> str:
+    for _ in range(100):
+        name = os.path.join(root, "w-" + base64.b32encode(os.urandom(10)).decode().lower())
+        try:
+            os.mkdir(name, 0o700)
+            return name
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "could not create a workspace")
+
+
+def _isolate_network() -> bool:
+    """Move this worker into an empty network namespace (root only). The listening socket
+    was bound before, so it stays reachable in the old namespace; the code gets no network."""
+    import ctypes
+
+    clone_newnet = 0x40000000
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.unshare(clone_newnet) == 0)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def zygote_main(workspace_root: str, preload_python: bool) -> int:
+    """Fork workers on request. Protocol on stdin/stdout, one line each:
+
+        in:  spawn <worker_id> <token> <uid|-> <isolate_net 0|1> <idle_timeout_s>
+        out: ready <worker_id> <pid> <port> <net_isolated 0|1>
+             failed <worker_id> <message>
+    """
+    if preload_python:
+        _preload()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
+    out = sys.stdout.buffer
+    out.write(b"zygote %d\n" % os.getpid())
+    out.flush()
+    for line in sys.stdin.buffer:
+        parts = line.decode().split()
+        if not parts or parts[0] != "spawn" or len(parts) != 6:
+            continue
+        worker_id, token, uid_s, net_s, idle_s = parts[1:]
+        uid = None if uid_s == "-" else int(uid_s)
+        try:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(16)
+        except OSError as e:
+            out.write(f"failed {worker_id} {e}\n".encode())
+            out.flush()
+            continue
+        port = listener.getsockname()[1]
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()  # our own group: a signal to the zygote's group misses us
+                isolated = net_s == "1" and _isolate_network()
+                worker = Worker(listener, token, workspace_root, uid, preload_python)
+                out.write(f"ready {worker_id} {os.getpid()} {port} {int(isolated)}\n".encode())
+                out.flush()
+                devnull = os.open(os.devnull, os.O_RDWR)
+                os.dup2(devnull, 0)
+                os.dup2(devnull, 1)
+                code = worker.serve(float(idle_s) or None)
+            except BaseException as e:  # noqa: BLE001
+                with contextlib.suppress(BaseException):
+                    out.write(f"failed {worker_id} {type(e).__name__}: {e}\n".encode())
+                    out.flush()
+                code = 1
+            os._exit(code)
+        listener.close()
+    return 0
+
+
+def serve_main() -> int:
+    """One worker in a pod: bind, announce readiness through /healthz, run once, exit."""
+    bind = os.environ.get("JOBGATE_RUNNER_BIND") or f"{os.environ.get('POD_IP', '0.0.0.0')}:8080"
+    host, _, port = bind.rpartition(":")
+    token = os.environ.get("JOBGATE_RUNNER_TOKEN", "")
+    if not token:
+        print("jobgate runner: JOBGATE_RUNNER_TOKEN is required", file=sys.stderr)
+        return 2
+    root = os.environ.get("JOBGATE_WORKSPACE_ROOT", "/workspace")
+    preload = os.environ.get("JOBGATE_RUNNER_PRELOAD", "1") == "1"
+    if preload:
+        _preload()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, int(port)))
+    listener.listen(16)
+    idle = float(os.environ.get("JOBGATE_RUNNER_IDLE_TIMEOUT_S", "0") or 0)
+    worker = Worker(listener, token, root, None, preload)
+    return worker.serve(idle or None)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[1] == "zygote":
+        root = argv[2] if len(argv) > 2 else os.path.join(os.getcwd(), "workspaces")
+        preload = "--python" in argv
+        return zygote_main(root, preload)
+    if len(argv) >= 2 and argv[1] == "serve":
+        return serve_main()
+    print("usage: runner.py zygote WORKSPACE_ROOT [--python] | runner.py serve", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
