@@ -48,6 +48,8 @@ HEADER_LIMIT = 64 * 1024
 # Exit status the in-process Python child uses to say "MemoryError": distinct from any
 # status a normal program picks by accident, and below 128 so it is not read as a signal.
 MEMORY_ERROR_EXIT = 117
+# Exit status of a child whose program could not be executed at all (reason StartFailed).
+EXEC_FAILED_EXIT = 118
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Modules a Python worker imports before it forks, so user code finds them loaded.
 PRELOAD_MODULES = (
@@ -167,6 +169,15 @@ def _reap_orphans() -> None:
             pass
 
 
+def _die_with_parent() -> None:
+    """If the runner is killed outright, the kernel kills the code too (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def _become_subreaper() -> None:
     import ctypes
 
@@ -260,6 +271,8 @@ class Run:
                 os.setgroups([])
                 os.setgid(self.uid)
                 os.setuid(self.uid)
+            # After setuid: a credential change clears the parent-death signal.
+            _die_with_parent()
             self.limits.apply(self.uid)
             os.chdir(self.workspace)
             env = self.child_env()
@@ -267,7 +280,11 @@ class Run:
             if self.a.get("inprocess") and self.preloaded_python:
                 code = _run_python_inprocess(argv, env, self.workspace)
             else:
-                os.execvpe(argv[0], argv, env)
+                try:
+                    os.execvpe(argv[0], argv, env)
+                except OSError as e:
+                    os.write(2, f"jobgate: cannot start {argv[0]}: {e.strerror}\n".encode())
+                    code = EXEC_FAILED_EXIT
         except MemoryError:
             code = MEMORY_ERROR_EXIT
         except BaseException:  # noqa: BLE001 - report anything, the child must not return
@@ -389,6 +406,8 @@ class Run:
             "workspace": self.workspace,
             "workspace_base": os.path.dirname(self.workspace),
         }
+        if reason == "StartFailed":
+            report["error"] = _text(err).strip()
         self._collect_result(report)
         self._collect_artifacts(report)
         return report
@@ -397,6 +416,8 @@ class Run:
                 out_size: int, err_size: int, err: bytes) -> str | None:
         if self.cancelled:
             return "Cancelled"
+        if exit_code == EXEC_FAILED_EXIT and err.startswith(b"jobgate: cannot start"):
+            return "StartFailed"
         if timed_out or signal_num in (signal.SIGXCPU,):
             return "Timeout"
         if signal_num == signal.SIGKILL and self.limits.cpu_seconds:
@@ -530,7 +551,8 @@ def _run_python_inprocess(argv: list[str], env: dict[str, str], workspace: str) 
     os.environ.clear()
     os.environ.update(env)
     sys.argv = argv[script_idx:]
-    sys.path[0:0] = [workspace]
+    # As `python3 script` does: the script's own directory comes first on sys.path.
+    sys.path[0:0] = [os.path.dirname(os.path.join(workspace, script))]
     # Fresh text streams on the redirected descriptors; line-buffered like a terminal
     # would not be, but nothing is lost if the code crashes hard.
     sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115

@@ -85,6 +85,20 @@ class Settings(BaseSettings):
     callback_backoff_base_s: float = Field(1.0, gt=0)
     callback_backoff_max_s: float = Field(300.0, gt=0)
 
+    # -- S3 storage (JOBGATE_STORAGE=s3); credentials come from the standard AWS chain ----
+    s3_endpoint: str = ""  # empty: AWS S3 itself
+    s3_bucket: str = "jobgate"
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "jobgate"
+    s3_addressing: Literal["path", "virtual"] = "path"
+    s3_create_bucket: bool = False
+    s3_multipart_threshold_bytes: int = Field(16 * MiB, ge=5 * MiB)
+    s3_multipart_chunk_bytes: int = Field(8 * MiB, ge=5 * MiB)
+    s3_presign_ttl_s: int = Field(900, gt=0, le=7 * 86400)
+    # How long result uploads are retried while storage is down before the invocation
+    # ends as error/StorageUnavailable.
+    storage_retry_budget_s: float = Field(120.0, ge=0)
+
     # -- janitor --------------------------------------------------------------------------
     janitor_interval_s: float = Field(60.0, gt=0)
 

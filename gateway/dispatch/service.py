@@ -155,9 +155,8 @@ class InvocationService:
     async def _run(self, live: LiveInvocation) -> None:
         record, plan = live.record, live.plan
         report: WorkerReport | None = None
-        worker: Worker | None = None
         try:
-            worker, report = await self._claim_and_run(live)
+            report = await self._claim_and_run(live)
             self._apply_report(live, report)
             if self.executor.reads_workspace and report.artifacts:
                 await self._store_artifacts(record, report)
@@ -182,9 +181,9 @@ class InvocationService:
             self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
         finally:
             if not live.abandoned:
-                await self._finish(live, worker, report)
+                await self._finish(live, live.worker, report)
 
-    async def _claim_and_run(self, live: LiveInvocation) -> tuple[Worker, WorkerReport]:
+    async def _claim_and_run(self, live: LiveInvocation) -> WorkerReport:
         record, plan = live.record, live.plan
         assignment = make_assignment(plan, live.request, record.id, self.settings)
         for attempt in range(UNREACHABLE_RETRIES):
@@ -218,7 +217,7 @@ class InvocationService:
                 (record.timings.start_ms or 0) / 1000)
             if run_ms is not None:
                 self.metrics.phase.labels(record.profile, "run").observe(run_ms / 1000)
-            return worker, report
+            return report
         raise WorkerLost("no worker could be reached")
 
     def _apply_report(self, live: LiveInvocation, report: WorkerReport) -> None:

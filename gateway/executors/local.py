@@ -39,6 +39,25 @@ log = logging.getLogger("jobgate.executor.local")
 SPAWN_TIMEOUT_S = 15.0
 
 
+def kill_processes_of_uid(uid: int, rounds: int = 20) -> None:
+    """SIGKILL every process running as ``uid`` (root only), until none is left."""
+    for _ in range(rounds):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid != uid:
+                    continue
+                os.kill(int(entry.name), signal.SIGKILL)
+                found = True
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        if not found:
+            return
+        time.sleep(0.01)
+
+
 class UidAllocator:
     """Hands out uids from a range, one per live worker (root only)."""
 
@@ -69,6 +88,24 @@ def parse_uid_range(value: str) -> tuple[int, int] | None:
     if not 0 < lo <= hi:
         raise ValueError(f"invalid JOBGATE_LOCAL_UID_RANGE {value!r}")
     return lo, hi
+
+
+def _traversable_by_others(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents] if p.exists())
+
+
+def workspace_root(data_dir: Path, own_uids: bool) -> Path:
+    """Where workers make their workspaces. A worker running as its own uid must be able
+    to reach it: when the data dir sits below a private directory (say /root), use a
+    directory of our own under the system temp dir instead."""
+    preferred = (data_dir / "workspaces").resolve()
+    if not own_uids or _traversable_by_others(preferred.parent):
+        return preferred
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()).resolve() / f"jobgate-workspaces-{tag}"
 
 
 class Zygote:
@@ -183,9 +220,9 @@ class LocalExecutor(Executor):
     def __init__(self, settings: Settings, profiles: ProfileCatalog):
         self.settings = settings
         self.profiles = profiles
-        self.workspace_root = (Path(settings.data_dir) / "workspaces").resolve()
         uid_range = parse_uid_range(settings.local_uid_range)
         self._uids = UidAllocator(*uid_range) if uid_range else None
+        self.workspace_root = workspace_root(Path(settings.data_dir), self._uids is not None)
         self._zygotes: dict[str, Zygote] = {}
         self._pools: dict[str, WarmPool] = {}
         self._client = RunnerClient()
@@ -291,6 +328,10 @@ class LocalExecutor(Executor):
             # The runner exits after reporting; make sure of it (and of a lost one).
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
+        if report is None and worker.uid is not None:
+            # A lost worker never cleaned up: whatever still runs as its uid goes now,
+            # before the uid is handed to another worker.
+            await asyncio.to_thread(kill_processes_of_uid, worker.uid)
         self._give_back_uid(worker)
 
     def pools(self) -> list[PoolState]:

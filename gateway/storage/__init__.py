@@ -11,4 +11,9 @@ def make_store(settings: Settings) -> ObjectStore:
         from gateway.storage.local import LocalStore
 
         return LocalStore(settings.data_dir)
+    if settings.storage == "s3":
+        # Imported lazily: aioboto3 is heavy, and the local default never needs it.
+        from gateway.storage.s3 import S3Store
+
+        return S3Store(settings)
     raise ValueError(f"storage {settings.storage!r} is not available in this build")

@@ -84,3 +84,9 @@ class ObjectStore(ABC):
                           ) -> str | None:
         """A URL a client can GET the object from, or None: then the gateway streams it."""
         return None
+
+    async def presign_put(self, key: str, *, expires_s: int,
+                          content_type: str = "application/octet-stream") -> str | None:
+        """A URL a worker can PUT the object to without credentials, or None when the
+        store has no such URLs (local storage: the gateway stores outputs itself)."""
+        return None

@@ -88,11 +88,9 @@ class ImageMap:
 
     @classmethod
     def load(cls, path: Path | None) -> ImageMap:
-        if path is None or not path.exists():
+        if path is None:
             return cls({}, set())
-        text = path.read_text()
-        raw: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        raw = raw or {}
+        raw = load_doc(path)
         images = {name: _entry(value) for name, value in (raw.get("images") or {}).items()}
         return cls(images, set(raw.get("fail_pull") or []))
 
@@ -158,11 +156,25 @@ def write_map(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+def load_doc(path: Path) -> dict[str, Any]:
+    """The map file as a document (empty when absent)."""
+    if not path.exists():
+        return {"images": {}, "fail_pull": []}
+    text = path.read_text()
+    doc = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    return doc if isinstance(doc, dict) else {}
+
+
 def add_image(path: Path, image: str, entry: dict[str, Any] | list[str]) -> None:
     """Adds or replaces one entry of a map file (for tests that bring their own image)."""
-    doc: dict[str, Any] = {"images": {}, "fail_pull": []}
-    if path.exists():
-        text = path.read_text()
-        doc = (yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)) or doc
+    doc = load_doc(path)
     doc.setdefault("images", {})[image] = entry
+    write_map(path, doc)
+
+
+def add_fail_pull(path: Path, image: str) -> None:
+    doc = load_doc(path)
+    fail_pull = doc.setdefault("fail_pull", [])
+    if image not in fail_pull:
+        fail_pull.append(image)
     write_map(path, doc)

@@ -36,14 +36,18 @@ class ContainerState:
         self.ready = False
 
     def set_running(self, run: ContainerRun) -> None:
-        if self.terminated is not None:
-            self.last_terminated = self.terminated
-            self.restart_count += 1
         self.run = run
         self.waiting = None
         self.terminated = None
         self.running_since = run.started_at
         self.ready = False
+
+    def schedule_restart(self, message: str) -> None:
+        """The ended run moves to lastState; the next one counts as a restart."""
+        self.last_terminated = self.terminated
+        self.terminated = None
+        self.restart_count += 1
+        self.set_waiting("CrashLoopBackOff", message)
 
     def set_terminated(self, record: ExitRecord) -> None:
         self.terminated = record

@@ -1,0 +1,223 @@
+"""Tests of the test control plane itself: the API is real and Jobs really run.
+
+Each test works in its own namespace. On a real cluster (JOBGATE_TEST_KUBECONFIG), the
+tests that look at local processes are skipped; the rest run unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.cluster.handle import K8sCluster
+from tests.cluster.kube_client import JSON, KubeClient, KubeError
+
+pytestmark = pytest.mark.cluster
+
+T = TypeVar("T")
+WAIT_S = 60.0
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[T | None]],
+                     timeout: float = WAIT_S, interval: float = 0.2) -> T:
+    """Polls `check` until it returns something other than None (or False)."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last is not None and last is not False:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def job(name: str, command: list[str], **spec: Any) -> JSON:
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            **spec,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{"name": "main", "image": "busybox", "command": command}],
+            }},
+        },
+    }
+
+
+def condition(obj: JSON, kind: str) -> JSON | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind and cond["status"] == "True":
+            return dict(cond)
+    return None
+
+
+def process_alive(pid: int, needle: bytes) -> bool:
+    """True if pid is still the process whose command line holds `needle`."""
+    try:
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+async def kube(k8s_cluster: K8sCluster) -> AsyncIterator[KubeClient]:
+    async with await KubeClient.from_kubeconfig(k8s_cluster.kubeconfig) as client:
+        yield client
+
+
+@pytest.fixture
+async def ns(kube: KubeClient) -> AsyncIterator[str]:
+    name = f"harness-{uuid.uuid4().hex[:8]}"
+    await kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                             "metadata": {"name": name}})
+    # Pods need the namespace's default ServiceAccount, made by its controller.
+    async def account() -> JSON | None:
+        try:
+            return await kube.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+        except KubeError:
+            return None
+    await eventually("the default ServiceAccount", account, timeout=30)
+    yield name
+    await kube.delete(f"/api/v1/namespaces/{name}")
+
+
+def local_only(cluster: K8sCluster) -> None:
+    if not cluster.local:
+        pytest.skip("looks at local processes: only meaningful on the test control plane")
+
+
+async def get_or_none(kube: KubeClient, path: str) -> JSON | None:
+    try:
+        return await kube.get(path)
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def job_pods(kube: KubeClient, ns: str, job_name: str) -> list[JSON]:
+    listed = await kube.get(f"/api/v1/namespaces/{ns}/pods",
+                            labelSelector=f"job-name={job_name}")
+    return list(listed["items"])
+
+
+async def test_job_completes_and_its_log_reads_through_the_api(
+    kube: KubeClient, ns: str
+) -> None:
+    await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job("hello", ["sh", "-c", "echo hi"]))
+
+    async def complete() -> JSON | None:
+        found = await kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/hello")
+        assert condition(found, "Failed") is None, found["status"]
+        return condition(found, "Complete")
+    await eventually("the Job to complete", complete)
+
+    pods = await job_pods(kube, ns, "hello")
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["status"]["phase"] == "Succeeded"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
+    log = await kube.text(f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}/log")
+    assert log == "hi\n"
+
+
+async def test_job_past_its_deadline_fails_and_its_process_is_gone(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    # `exec` keeps the printed pid for sleep; the odd duration makes it recognizable.
+    await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job(
+        "slow", ["sh", "-c", "echo $$; exec sleep 3171"], activeDeadlineSeconds=3))
+
+    async def running_pid() -> int | None:
+        for pod in await job_pods(kube, ns, "slow"):
+            statuses = pod["status"].get("containerStatuses") or [{}]
+            if "running" in statuses[0].get("state", {}):
+                log = await kube.text(
+                    f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}/log")
+                if log.strip().isdigit():
+                    return int(log)
+        return None
+    pid = await eventually("the Job's process to run", running_pid)
+    assert process_alive(pid, b"3171")
+
+    async def failed() -> JSON | None:
+        return condition(await kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/slow"), "Failed")
+    assert (await eventually("the Job to fail", failed))["reason"] == "DeadlineExceeded"
+
+    async def gone() -> bool:
+        return not process_alive(pid, b"3171")
+    await eventually("the process to be killed", gone, timeout=30)
+
+
+async def test_ttl_deletes_the_finished_job_and_gc_its_pods(kube: KubeClient, ns: str) -> None:
+    await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs",
+                      job("short", ["sh", "-c", "true"], ttlSecondsAfterFinished=1))
+
+    async def ran() -> bool:
+        return any(p["status"].get("phase") == "Succeeded"
+                   for p in await job_pods(kube, ns, "short"))
+    await eventually("the Job's pod to succeed", ran)
+
+    async def job_gone() -> bool:
+        return await get_or_none(kube, f"/apis/batch/v1/namespaces/{ns}/jobs/short") is None
+    await eventually("the TTL controller to delete the Job", job_gone)
+
+    async def pods_gone() -> bool:
+        return not await job_pods(kube, ns, "short")
+    await eventually("the garbage collector to delete the pods", pods_gone)
+
+
+async def test_a_pod_process_is_reachable_on_its_pod_ip(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    image = f"jobgate-test/python-{uuid.uuid4().hex[:6]}"
+    k8s_cluster.add_image(image, [sys.executable])
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "web", "image": f"{image}:1.0",
+            "args": ["-m", "http.server", "8080", "--bind", "$(POD_IP)"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        }]},
+    })
+
+    async def ready() -> JSON | None:
+        pod = await kube.get(f"/api/v1/namespaces/{ns}/pods/web")
+        return pod if condition(pod, "Ready") else None
+    pod = await eventually("the pod to be Ready", ready)
+    pod_ip = pod["status"]["podIP"]
+    assert pod_ip.startswith("127.") and pod_ip != "127.0.0.1"
+    assert pod["status"]["containerStatuses"][0]["ready"] is True
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        answer = await client.get(f"http://{pod_ip}:8080/")
+    assert answer.status_code == 200
+
+
+async def test_field_validation_rejects_a_malformed_job(kube: KubeClient, ns: str) -> None:
+    bad = job("bad", ["true"])
+    bad["spec"]["template"]["spec"]["containers"][0]["bogusField"] = 1
+    with pytest.raises(KubeError) as unknown:
+        await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", bad, fieldValidation="Strict")
+    assert unknown.value.status == 400
+    assert 'unknown field "spec.template.spec.containers[0].bogusField"' in str(unknown.value)
+
+    invalid = job("invalid", ["true"])
+    invalid["spec"]["template"]["spec"]["restartPolicy"] = "Always"  # Jobs forbid it
+    with pytest.raises(KubeError) as rejected:
+        await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", invalid)
+    assert (rejected.value.status, rejected.value.reason) == (422, "Invalid")

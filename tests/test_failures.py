@@ -1,0 +1,184 @@
+"""Every failure reason, produced by real misbehaving code, with the gateway still healthy
+afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import invoke, running_gateway, wait_until
+
+PY = "python3.11"
+
+
+@pytest.fixture(autouse=True)
+def gateway_stays_healthy(client: httpx.Client):  # type: ignore[no-untyped-def]
+    yield
+    assert client.get("/readyz").status_code == 200
+    body = invoke(client, profile=PY, code="print('still here')").json()
+    assert body["status"] == "succeeded" and body["stdout"] == "still here\n"
+
+
+def test_endless_loop_times_out(client: httpx.Client) -> None:
+    started = time.monotonic()
+    body = invoke(client, profile=PY, code="while True: pass", timeout_s=1).json()
+    assert (body["status"], body["reason"]) == ("timeout", "Timeout")
+    assert "timeout of 1s" in body["message"]
+    assert time.monotonic() - started < 10
+
+
+def test_sleeping_code_times_out(client: httpx.Client) -> None:
+    body = invoke(client, profile="bash", code="sleep 30", timeout_s=1).json()
+    assert (body["status"], body["reason"]) == ("timeout", "Timeout")
+
+
+def test_memory_hog_hits_the_memory_limit(client: httpx.Client) -> None:
+    code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 * 1024))"
+    body = invoke(client, profile=PY, code=code, resources={"memory": "128Mi"},
+                  timeout_s=20).json()
+    assert (body["status"], body["reason"]) == ("failed", "MemoryLimit")
+
+
+def test_fork_bomb_is_contained(client: httpx.Client) -> None:
+    code = "bomb() { bomb | bomb & }; bomb; sleep 5"
+    started = time.monotonic()
+    body = invoke(client, profile="bash", code=code, timeout_s=3).json()
+    assert body["status"] in ("timeout", "failed", "succeeded")
+    assert time.monotonic() - started < 20
+    # Nothing of it survives: no process of a worker uid (200000+) or bash bomb remains.
+    def leftovers() -> list[str]:
+        out = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    if os.stat(f"/proc/{pid}").st_uid >= 200000:
+                        out.append(pid)
+                except FileNotFoundError:
+                    pass
+        return out
+
+    if os.geteuid() == 0:
+        wait_until(lambda: not leftovers(), timeout_s=10, message="fork bomb cleaned up")
+
+
+def test_fork_bomb_in_python_is_limited(client: httpx.Client) -> None:
+    code = """
+import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("stopped after", n, "forks:", e.strerror)
+"""
+    body = invoke(client, profile=PY, code=code, timeout_s=10).json()
+    assert body["status"] == "succeeded", body
+    assert "stopped after" in body["stdout"]
+    assert int(body["stdout"].split()[2]) < 100
+
+
+def test_huge_stdout_hits_the_output_limit(client: httpx.Client) -> None:
+    code = "import sys\nchunk = 'y' * 1048576\nfor _ in range(100):\n    sys.stdout.write(chunk)"
+    body = invoke(client, profile=PY, code=code, timeout_s=30).json()
+    assert (body["status"], body["reason"]) == ("failed", "OutputLimit")
+    assert body["stdout_truncated"] is True
+    assert len(body["stdout"]) == 1024 * 1024
+
+
+def test_huge_stdout_from_bash_hits_the_output_limit(client: httpx.Client) -> None:
+    body = invoke(client, profile="bash", code="head -c 104857600 /dev/zero | tr '\\0' z",
+                  timeout_s=30).json()
+    assert (body["status"], body["reason"]) == ("failed", "OutputLimit")
+
+
+def test_non_zero_exit(client: httpx.Client) -> None:
+    body = invoke(client, profile="bash", code="echo bye; exit 42").json()
+    assert (body["status"], body["reason"], body["exit_code"]) == ("failed", "NonZeroExit", 42)
+    assert body["message"] == "the code exited with code 42"
+
+
+def test_killed_by_a_signal(client: httpx.Client) -> None:
+    body = invoke(client, profile="bash", code="kill -SEGV $$").json()
+    assert (body["status"], body["reason"]) == ("failed", "NonZeroExit")
+    assert body["exit_code"] == 128 + signal.SIGSEGV
+
+
+def test_cancel_while_running_kills_the_code(client: httpx.Client, tmp_path: Path) -> None:
+    r = invoke(client, profile="bash", mode="async",
+               code="echo $$ > /tmp/jobgate-test-cancel-$JOBGATE_INVOCATION_ID; sleep 60")
+    inv_id = r.json()["id"]
+    pid_file = Path(f"/tmp/jobgate-test-cancel-{inv_id}")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout_s=10)
+    pid = int(pid_file.read_text())
+    body = client.post(f"/v1/invocations/{inv_id}/cancel").json()
+    assert (body["status"], body["reason"]) == ("cancelled", "Cancelled")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout_s=5,
+               message="cancelled code is gone")
+    pid_file.unlink()
+
+
+def test_cancel_while_queued(tmp_path: Path) -> None:
+    with running_gateway(tmp_path, JOBGATE_MAX_CONCURRENCY="1") as gw, gw.client() as c:
+        first = invoke(c, profile="bash", code="sleep 30", mode="async").json()["id"]
+        wait_until(lambda: c.get(f"/v1/invocations/{first}").json()["status"] == "running")
+        queued = invoke(c, profile="bash", code="echo never", mode="async").json()["id"]
+        assert c.get(f"/v1/invocations/{queued}").json()["status"] == "queued"
+        body = c.post(f"/v1/invocations/{queued}/cancel").json()
+        assert (body["status"], body["reason"]) == ("cancelled", "Cancelled")
+        assert c.post(f"/v1/invocations/{first}/cancel").json()["status"] == "cancelled"
+
+
+def test_worker_lost_when_the_worker_dies(client: httpx.Client) -> None:
+    r = invoke(client, profile="bash", mode="async", code="sleep 60")
+    inv_id = r.json()["id"]
+    # The code's parent is its runner (the worker); kill the worker, not the code.
+    # (An exec'd runtime shows its environment in /proc; that is how the test finds it.)
+    def runner_pid() -> int | None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"JOBGATE_INVOCATION_ID={inv_id}".encode() in env:
+                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return None
+
+    ppid = wait_until(runner_pid, timeout_s=10, message="code is running")
+    os.kill(ppid, signal.SIGKILL)
+    body = client.get(f"/v1/invocations/{inv_id}", params={"wait": 15}).json()
+    assert (body["status"], body["reason"]) == ("error", "WorkerLost")
+
+
+def test_start_failed_when_the_runtime_is_missing(tmp_path: Path) -> None:
+    catalogue = tmp_path / "profiles.toml"
+    catalogue.write_text("""
+[profiles.ghost]
+image = "jobgate/runtime-ghost:0"
+language = "none"
+command = ["/nonexistent/interpreter", "{entrypoint}"]
+default_entrypoint = "main.x"
+pool = { min = 1, max = 1 }
+
+[profiles."python3.11"]
+image = "jobgate/runtime-python3.11:0"
+language = "python"
+command = ["python3", "{entrypoint}"]
+default_entrypoint = "main.py"
+inprocess = true
+pool = { min = 1, max = 2 }
+""")
+    with running_gateway(tmp_path, JOBGATE_PROFILES=str(catalogue)) as gw, gw.client() as c:
+        body = invoke(c, profile="ghost", code="anything").json()
+        assert (body["status"], body["reason"]) == ("error", "StartFailed")
+        assert "/nonexistent/interpreter" in body["message"]
+        assert invoke(c, profile="python3.11", code="print(1)").json()["status"] == "succeeded"
