@@ -1,7 +1,8 @@
 """The ``jobgate`` command: run the gateway, or talk to one over HTTP.
 
     jobgate serve
-    jobgate invoke FILE [--profile P] [--async] [--input JSON] [--timeout S] [-- ARGS...]
+    jobgate invoke FILE [--profile P] [--async] [--input JSON] [--timeout S] [--stdin]
+                        [-- ARGS...]
     jobgate get ID | logs ID | list | cancel ID | artifacts ID [--out DIR]
     jobgate keys new TENANT | keys hash KEY
 
@@ -231,8 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="JSON given to the code as input.json")
     p.add_argument("--timeout", type=float)
     p.add_argument("--stdin", action="store_true", help="send this command's stdin")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments after --")
-    p.set_defaults(func=cmd_invoke)
+    p.set_defaults(func=cmd_invoke, args=[])
     for name, func, help_ in (("get", cmd_get, "show an invocation as JSON"),
                               ("logs", cmd_logs, "print stdout and stderr"),
                               ("cancel", cmd_cancel, "cancel an invocation")):
@@ -256,9 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` goes to the invoked code, untouched by option parsing.
+    code_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, code_args = argv[:split], argv[split + 1:]
     args = build_parser().parse_args(argv)
-    if getattr(args, "args", None) and args.args[0] == "--":
-        args.args = args.args[1:]
+    if code_args:
+        args.args = code_args
     try:
         code: int = args.func(args)
         return code

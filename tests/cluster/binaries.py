@@ -68,8 +68,8 @@ def run_build(*, check_only: bool = False) -> Path:
     cold cache raises instead of building.
     """
     if check_only:
-        done = subprocess.run(["bash", str(BUILD_SCRIPT), "--check"], check=False)
-        if done.returncode != 0:
+        checked = subprocess.run(["bash", str(BUILD_SCRIPT), "--check"], check=False)
+        if checked.returncode != 0:
             raise BinariesError("the Kubernetes binaries are not built: run `make k8s-bins`")
     try:
         done = subprocess.run(

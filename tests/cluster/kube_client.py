@@ -38,7 +38,7 @@ class KubeClient:
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
-        self.host: str = api.configuration.host
+        self.host = str(api.configuration.host)
 
     @classmethod
     async def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> KubeClient:
@@ -78,7 +78,7 @@ class KubeClient:
         query: Mapping[str, str | int | bool] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
+        limit_s: float = 30.0,
     ) -> JSON:
         """One API call; returns the decoded answer, raises KubeError on non-2xx."""
         data = None if body is None else orjson.dumps(body)
@@ -89,7 +89,7 @@ class KubeClient:
             params=_query(query),
             data=data,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=limit_s),
         ) as resp:
             raw = await resp.read()
         decoded: Any
@@ -105,14 +105,14 @@ class KubeClient:
 
     async def text(
         self, path: str, *, query: Mapping[str, str | int | bool] | None = None,
-        timeout: float = 30.0,
+        limit_s: float = 30.0,
     ) -> str:
         """GET a plain-text endpoint (pod logs)."""
         headers = await self._headers(None)
         headers["Accept"] = "*/*"
         async with self._session.get(
             self.host + path, params=_query(query), headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=limit_s),
         ) as resp:
             raw = await resp.read()
             if not 200 <= resp.status < 300:

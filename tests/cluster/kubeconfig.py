@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 CLUSTER = "jobgate-test"
 

@@ -135,7 +135,9 @@ def service_account_keys(directory: Path) -> KeyPair:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return KeyPair(_write(directory / "sa.pub", public), _write(directory / "sa.key", _key_pem(key)))
+    return KeyPair(
+        _write(directory / "sa.pub", public), _write(directory / "sa.key", _key_pem(key))
+    )
 
 
 def self_signed(directory: Path, stem: str, host: str) -> KeyPair:

@@ -18,12 +18,14 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel SIGKILLs the child when the harness dies (even by SIGKILL).
+def _child_setup() -> None:
+    """preexec_fn: the kernel SIGKILLs the child when the harness dies (even by SIGKILL),
+    and the child starts with no blocked signals whatever the harness blocks.
 
-    Linux ties this to the *thread* that forked, so start processes from a long-lived
-    thread (the main thread in pytest and in the cluster-up daemon).
+    Linux ties PDEATHSIG to the *thread* that forked, so start processes from a
+    long-lived thread (the main thread in pytest and in the cluster-up daemon).
     """
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -63,7 +65,7 @@ class ManagedProcess:
                 # Own group: Ctrl-C in a terminal reaches the harness, which stops the
                 # components in order, instead of killing etcd under the API server.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads fork here
+                preexec_fn=_child_setup,
             )
 
     @property

@@ -27,16 +27,16 @@ WAIT_S = 60.0
 
 
 async def eventually(what: str, check: Callable[[], Awaitable[T | None]],
-                     timeout: float = WAIT_S, interval: float = 0.2) -> T:
+                     within: float = WAIT_S, interval: float = 0.2) -> T:
     """Polls `check` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: T | None = None
     while time.monotonic() < deadline:
         last = await check()
         if last is not None and last is not False:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what} (last: {last!r})")
 
 
 def job(name: str, command: list[str], **spec: Any) -> JSON:
@@ -86,7 +86,7 @@ async def ns(kube: KubeClient) -> AsyncIterator[str]:
             return await kube.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
         except KubeError:
             return None
-    await eventually("the default ServiceAccount", account, timeout=30)
+    await eventually("the default ServiceAccount", account, within=30)
     yield name
     await kube.delete(f"/api/v1/namespaces/{name}")
 
@@ -137,8 +137,9 @@ async def test_job_past_its_deadline_fails_and_its_process_is_gone(
 ) -> None:
     local_only(k8s_cluster)
     # `exec` keeps the printed pid for sleep; the odd duration makes it recognizable.
+    # Kubernetes reduces `$$` to `$` in commands, so the shell's `$$` is written `$$$$`.
     await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job(
-        "slow", ["sh", "-c", "echo $$; exec sleep 3171"], activeDeadlineSeconds=3))
+        "slow", ["sh", "-c", "echo $$$$; exec sleep 3171"], activeDeadlineSeconds=3))
 
     async def running_pid() -> int | None:
         for pod in await job_pods(kube, ns, "slow"):
@@ -158,7 +159,7 @@ async def test_job_past_its_deadline_fails_and_its_process_is_gone(
 
     async def gone() -> bool:
         return not process_alive(pid, b"3171")
-    await eventually("the process to be killed", gone, timeout=30)
+    await eventually("the process to be killed", gone, within=30)
 
 
 async def test_ttl_deletes_the_finished_job_and_gc_its_pods(kube: KubeClient, ns: str) -> None:

@@ -14,7 +14,7 @@ command, args and workingDir that names a mount path (``/workspace``, ``/workspa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,10 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _REF.sub(sub, text)
 
 
+def _constant(value: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: value
+
+
 class MountRewriter:
     """Replaces mount paths with the directories standing in for them."""
 
@@ -54,7 +58,8 @@ class MountRewriter:
 
     def __call__(self, text: str) -> str:
         for pattern, local in self._patterns:
-            text = pattern.sub(lambda _m, local=local: local, text)
+            # A function, not a template: a directory name must never be read as "\\1".
+            text = pattern.sub(_constant(local), text)
         return text
 
 
@@ -100,17 +105,17 @@ async def build_env(
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         ref = source.get("configMapRef") or source.get("secretRef") or {}
-        data = await (
+        found = await (
             ctx.objects.config_map(namespace, ref["name"]) if "configMapRef" in source
             else ctx.objects.secret(namespace, ref["name"])
         )
-        if data is None:
+        if found is None:
             if ref.get("optional"):
                 continue
             raise EnvNotReady(f'{"configmap" if "configMapRef" in source else "secret"} '
                               f'"{ref["name"]}" not found')
-        for key, value in data.items():
-            scope[prefix + key] = value.decode(errors="replace")
+        for key, raw in found.items():
+            scope[prefix + key] = raw.decode(errors="replace")
 
     for var in container.get("env") or []:
         value = await _env_value(ctx, container, var, scope)

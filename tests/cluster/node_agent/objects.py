@@ -11,10 +11,12 @@ from typing import Any
 
 from tests.cluster.kube_client import JSON, KubeClient, KubeError
 
-_SUFFIXES = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+_SUFFIXES: dict[str, Decimal] = {
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50), "Ei": Decimal(2**60),
     "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
+    "P": Decimal(10**15), "E": Decimal(10**18),
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
@@ -25,7 +27,7 @@ def parse_quantity(text: str | int | float) -> Decimal:
     if not match or (match.group(2) and match.group(2) not in _SUFFIXES):
         raise ValueError(f"not a quantity: {text!r}")
     number, suffix = match.groups()
-    return Decimal(number) * Decimal(_SUFFIXES[suffix] if suffix else 1)
+    return Decimal(number) * (_SUFFIXES[suffix] if suffix else Decimal(1))
 
 
 def field_value(pod: JSON, path: str, pod_ip: str, host_ip: str) -> str:
@@ -57,7 +59,7 @@ def resource_value(
     pod: JSON, container_name: str, resource: str, divisor: str | None, capacity: JSON
 ) -> str:
     """resourceFieldRef: the container's limit (or request), the node's capacity if unset."""
-    container = next(
+    container: JSON = next(
         (c for c in pod["spec"]["containers"] if c["name"] == container_name), {}
     )
     kind, _, name = resource.partition(".")  # "limits.memory" -> ("limits", "memory")

@@ -76,7 +76,8 @@ class PodWorker:
         self.conditions = Conditions()
         spec = pod["spec"]
         self.init_states = [
-            ContainerState(c["name"], c["image"], self.uid) for c in spec.get("initContainers") or []
+            ContainerState(c["name"], c["image"], self.uid)
+            for c in spec.get("initContainers") or []
         ]
         self.states = {
             c["name"]: ContainerState(c["name"], c["image"], self.uid) for c in spec["containers"]
@@ -222,16 +223,20 @@ class PodWorker:
             container, resolved.env, rewrite,
         )
         argv = [rewrite(expand(word, env)) for word in resolved.argv]
-        workdir = container.get("workingDir") or resolved.working_dir
-        cwd = self.dir / "rootfs"
-        if workdir:
-            local = Path(rewrite(workdir))
-            # A directory that exists only inside an image is made inside the pod's dir.
-            cwd = local if local.is_dir() else self.dir / "rootfs" / workdir.lstrip("/")
-            cwd.mkdir(parents=True, exist_ok=True)
+        cwd = self._working_dir(container.get("workingDir") or resolved.working_dir, rewrite)
         limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
         memory = int(parse_quantity(limit)) if limit else 0
         return Prepared(container, argv, env, cwd, memory)
+
+    def _working_dir(self, workdir: str | None, rewrite: MountRewriter) -> Path:
+        """The process's directory: workingDir on the host (mounts rewritten), else the same
+        path under the pod's rootfs dir (it existed only inside the image), else rootfs."""
+        if not workdir:
+            return self.dir / "rootfs"
+        local = Path(rewrite(workdir))
+        cwd = local if local.is_dir() else self.dir / "rootfs" / workdir.lstrip("/")
+        cwd.mkdir(parents=True, exist_ok=True)
+        return cwd
 
     def _all_states(self) -> list[ContainerState]:
         return self.init_states + list(self.states.values())
@@ -242,10 +247,15 @@ class PodWorker:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def _launch(self, state: ContainerState, prep: Prepared) -> ContainerRun:
+    def _rotate_log(self, state: ContainerState) -> Path:
+        """A restarted container's old log becomes its `previous` log (local fs: instant)."""
         log = self.log_path(state.name)
-        if log.exists() and state.restart_count:
+        if state.restart_count and log.exists():
             os.replace(log, self.log_path(state.name, previous=True))
+        return log
+
+    async def _launch(self, state: ContainerState, prep: Prepared) -> ContainerRun:
+        log = self._rotate_log(state)
         name = f"{state.name}-{state.restart_count}"
         run = await ContainerRun.launch(LaunchSpec(
             prep.argv, prep.env, prep.cwd, log, self.dir / f"{name}.status.json",

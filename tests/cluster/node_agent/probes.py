@@ -26,7 +26,7 @@ def resolve_port(port: int | str, container: JSON) -> int:
     raise ValueError(f"no container port named {port!r}")
 
 
-async def _http_get(action: JSON, host: str, port: int, timeout: float) -> bool:
+async def _http_get(action: JSON, host: str, port: int, limit_s: float) -> bool:
     context: ssl.SSLContext | None = None
     if action.get("scheme", "HTTP").upper() == "HTTPS":
         context = ssl.create_default_context()
@@ -38,12 +38,12 @@ async def _http_get(action: JSON, host: str, port: int, timeout: float) -> bool:
     headers.update({h["name"]: h["value"] for h in action.get("httpHeaders") or []})
     request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=context), timeout
+        asyncio.open_connection(host, port, ssl=context), limit_s
     )
     try:
         writer.write((request + "\r\n").encode())
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), timeout)
+        status_line = await asyncio.wait_for(reader.readline(), limit_s)
     finally:
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
@@ -52,22 +52,22 @@ async def _http_get(action: JSON, host: str, port: int, timeout: float) -> bool:
     return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
 
 
-async def _tcp(host: str, port: int, timeout: float) -> bool:
-    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+async def _tcp(host: str, port: int, limit_s: float) -> bool:
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit_s)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
 
 
-async def _exec(command: list[str], env: Mapping[str, str], cwd: Path, timeout: float) -> bool:
+async def _exec(command: list[str], env: Mapping[str, str], cwd: Path, limit_s: float) -> bool:
     proc = await asyncio.create_subprocess_exec(
         *command, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
-        return await asyncio.wait_for(proc.wait(), timeout) == 0
+        return await asyncio.wait_for(proc.wait(), limit_s) == 0
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

@@ -96,7 +96,7 @@ class VolumeBuilder:
         _project_keys(directory, data, source, source.get("defaultMode", mode))
 
     async def _secret(self, source: JSON, directory: Path, mode: int | None = None) -> None:
-        name = source.get("secretName") or source.get("name")
+        name = str(source.get("secretName") or source.get("name"))
         data = await self.objects.secret(self.namespace, name)
         if data is None:
             if source.get("optional"):

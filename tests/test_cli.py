@@ -1,0 +1,88 @@
+"""The jobgate CLI end to end against a real gateway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import KEY_A, ROOT, GatewayProcess
+
+
+def jobgate(gateway: GatewayProcess, *args: str, stdin: str | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JOBGATE_URL": gateway.url, "JOBGATE_API_KEY": KEY_A}
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], cwd=cwd or ROOT,
+                          env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_invoke_prints_output_and_exits_with_the_code(gateway: GatewayProcess,
+                                                      tmp_path: Path) -> None:
+    script = tmp_path / "hello.py"
+    script.write_text("import sys, json\nprint('out', sys.argv[1:])\n"
+                      "print('err', file=sys.stderr)\n"
+                      "print(json.load(open('input.json')))\nsys.exit(7)\n")
+    p = jobgate(gateway, "invoke", str(script), "--input", '{"k": 1}', "--", "a", "b")
+    assert p.returncode == 7
+    assert p.stdout == "out ['a', 'b']\n{'k': 1}\n"
+    assert p.stderr == "err\n"
+
+
+def test_invoke_bash_by_extension_and_timeout(gateway: GatewayProcess, tmp_path: Path) -> None:
+    script = tmp_path / "slow.sh"
+    script.write_text("echo before; sleep 10")
+    p = jobgate(gateway, "invoke", str(script), "--timeout", "1")
+    assert p.returncode == 124
+    assert p.stdout == "before\n"
+    assert "timeout" in p.stderr
+
+
+def test_async_then_get_logs_list_artifacts_cancel(gateway: GatewayProcess,
+                                                   tmp_path: Path) -> None:
+    script = tmp_path / "art.py"
+    script.write_text("open('artifacts/out.txt','w').write('artifact!'); print('logged')")
+    p = jobgate(gateway, "invoke", str(script), "--async")
+    assert p.returncode == 0, p.stderr
+    inv_id = p.stdout.strip()
+    assert inv_id.startswith("inv_")
+    got = jobgate(gateway, "get", inv_id)
+    assert got.returncode == 0 and inv_id in got.stdout
+    import json
+    import time
+
+    for _ in range(100):
+        if json.loads(jobgate(gateway, "get", inv_id).stdout)["status"] == "succeeded":
+            break
+        time.sleep(0.1)
+    logs = jobgate(gateway, "logs", inv_id)
+    assert logs.stdout == "logged\n"
+    assert inv_id in jobgate(gateway, "list", "--limit", "50").stdout
+    out = tmp_path / "downloads"
+    arts = jobgate(gateway, "artifacts", inv_id, "--out", str(out))
+    assert arts.returncode == 0, arts.stderr
+    assert (out / "out.txt").read_text() == "artifact!"
+    cancelled = jobgate(gateway, "cancel", inv_id)
+    assert cancelled.returncode == 2 and "AlreadyFinished" in cancelled.stderr
+
+
+def test_errors_are_one_line_not_tracebacks(gateway: GatewayProcess, tmp_path: Path) -> None:
+    script = tmp_path / "x.cobol"
+    script.write_text("DISPLAY 'HI'.")
+    p = jobgate(gateway, "invoke", str(script))
+    assert p.returncode == 2 and "--profile" in p.stderr
+    p = jobgate(gateway, "invoke", str(script), "--profile", "cobol")
+    assert p.returncode == 2 and "ProfileNotFound" in p.stderr
+    assert "Traceback" not in p.stderr
+    env = {**os.environ, "JOBGATE_URL": "http://127.0.0.1:9", "JOBGATE_API_KEY": KEY_A}
+    p = subprocess.run([sys.executable, "-m", "gateway.cli.main", "get", "inv_x"], env=env,
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert p.returncode == 2 and "cannot reach the gateway" in p.stderr
+
+
+def test_keys_new_prints_a_working_config_line(gateway: GatewayProcess) -> None:
+    p = jobgate(gateway, "keys", "new", "team-x")
+    key = p.stdout.splitlines()[0].split()[-1]
+    line = p.stdout.splitlines()[1].split("=", 1)[1]
+    h = jobgate(gateway, "keys", "hash", key).stdout.strip()
+    assert line == f"team-x:{h}"
