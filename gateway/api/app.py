@@ -165,8 +165,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await gateway.deliverer.close()
             await gateway.store.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
-                    exception_handlers=HANDLERS)  # type: ignore[arg-type]
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
     app.state.jobgate = gateway
     app.state.openapi = build_openapi(jobgate_version())
     app.add_middleware(RequestMetrics)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import zipfile
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any, cast
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -87,7 +87,7 @@ async def create_invocation(request: Request) -> Response:
     req = InvocationCreate.model_validate(data)
     record, live = await app.service.submit(tenant, req, raw,
                                             request.headers.get("idempotency-key"))
-    if req.mode == "async" or live is None and not record.status.terminal:
+    if req.mode == "async" or (live is None and not record.status.terminal):
         return _accepted(record)
     if live is not None:
         finished = await app.service.wait(live, live.plan.sync_wait_s)
@@ -117,7 +117,7 @@ async def list_invocations(request: Request) -> Response:
     cursor = q.get("cursor") or None
     if cursor is not None and not is_invocation_id(cursor):
         raise InvalidInput("invalid cursor")
-    records, next_cursor = await app.records.list(
+    records, next_cursor = await app.records.list_page(
         tenant, status=status, profile=q.get("profile") or None, cursor=cursor, limit=limit)
     items = [r.model_dump(mode="json", include={"id", "profile", "mode", "status", "reason",
                                                  "created_at", "finished_at"})
@@ -232,7 +232,7 @@ async def get_artifacts_zip(request: Request) -> Response:
 
     async def body() -> AsyncIterator[bytes]:
         sink = _ZipSink()
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[arg-type]
+        with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_STORED) as zf:
             for artifact in record.artifacts:
                 key = app.records.artifact_key(tenant, inv, artifact.name)
                 with zf.open(artifact.name, "w", force_zip64=artifact.size > 2**31) as entry:

@@ -37,7 +37,7 @@ SecretLookup = Callable[[InvocationRecord], "asyncio.Future[str] | str"]
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rnd: random.Random) -> float:
     """Exponential backoff with 'equal jitter': half fixed, half random."""
-    ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
+    ceiling = min(max_s, base_s * 2.0 ** (attempt - 1))
     return ceiling / 2 + rnd.uniform(0, ceiling / 2)
 
 

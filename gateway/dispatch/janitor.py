@@ -50,6 +50,6 @@ class Janitor:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("janitor sweep failed; retrying in %.0fs", self.interval_s)
             await asyncio.sleep(self.interval_s)

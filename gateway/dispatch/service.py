@@ -153,7 +153,7 @@ class InvocationService:
     # -- run ----------------------------------------------------------------------------
 
     async def _run(self, live: LiveInvocation) -> None:
-        record, plan = live.record, live.plan
+        record = live.record
         report: WorkerReport | None = None
         try:
             report = await self._claim_and_run(live)
@@ -176,7 +176,7 @@ class InvocationService:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
                 self._fail(record, Reason.WorkerLost, str(e))
-        except Exception as e:  # noqa: BLE001 - an invocation ends recorded, whatever happens
+        except Exception as e:
             log.exception("invocation %s failed inside the gateway", record.id)
             self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
         finally:
@@ -285,12 +285,12 @@ class InvocationService:
             await asyncio.gather(*live.pending_writes, return_exceptions=True)
         try:
             await self.records.finish(record)
-        except Exception:  # noqa: BLE001 - the pending marker stays: recovery retries it
+        except Exception:
             log.exception("invocation %s: storing the result failed", record.id)
         if worker is not None:
             try:
                 await self.executor.release(worker, report)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("invocation %s: releasing worker %s failed", record.id, worker.id)
         self.metrics.phase.labels(record.profile, "total").observe(total)
         self.metrics.invocations.labels(record.profile, record.status.value, record.mode).inc()
@@ -298,7 +298,7 @@ class InvocationService:
             secret = live.request.callback.secret if live.request.callback else None
             try:
                 await self.deliverer.enqueue(record, secret)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("invocation %s: the callback could not be queued", record.id)
         self._live.pop(record.id, None)
         if not live.done.done():

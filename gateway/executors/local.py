@@ -321,9 +321,7 @@ class LocalExecutor(Executor):
         pool = self._pools[worker.profile]
         pool.release(worker)
         if report is not None and report.workspace_base:
-            base = Path(report.workspace_base).resolve()
-            if self.workspace_root in base.parents:
-                await asyncio.to_thread(shutil.rmtree, base, True)
+            await asyncio.to_thread(self._remove_workspace, report.workspace_base)
         if worker.pid:
             # The runner exits after reporting; make sure of it (and of a lost one).
             with contextlib.suppress(ProcessLookupError):
@@ -333,6 +331,12 @@ class LocalExecutor(Executor):
             # before the uid is handed to another worker.
             await asyncio.to_thread(kill_processes_of_uid, worker.uid)
         self._give_back_uid(worker)
+
+    def _remove_workspace(self, reported: str) -> None:
+        # Only ever a directory under our workspace root, whatever the report says.
+        base = Path(os.path.normpath(reported))
+        if self.workspace_root in base.parents:
+            shutil.rmtree(base, ignore_errors=True)
 
     def pools(self) -> list[PoolState]:
         return [p.state() for p in self._pools.values()]

@@ -216,7 +216,7 @@ class WarmPool:
             try:
                 delay = self._reconcile()
                 backoff = 0.1
-            except Exception:  # noqa: BLE001 - the controller must outlive any one error
+            except Exception:
                 log.exception("pool %s: reconcile failed", self.profile)
                 delay = backoff = min(backoff * 2, 5.0)
             self._kick.clear()
@@ -239,7 +239,8 @@ class WarmPool:
         while surplus > 0 and len(self._idle) > self.min_idle:
             self._background(self._discard_fn(self._idle.popleft()))
             surplus -= 1
-        room = self.max_concurrency + self.max_idle - (self._busy + len(self._idle) + self._starting)
+        alive = self._busy + len(self._idle) + self._starting
+        room = self.max_concurrency + self.max_idle - alive
         need = target + waiting - len(self._idle) - self._starting
         to_start = min(need, room, self._parallelism - self._starting)
         if self._failures:
@@ -257,7 +258,7 @@ class WarmPool:
         if started < to_start:
             return self._limiter.wait_time()
         if self._failures:
-            return min(0.1 * 2 ** self._failures, 10.0)
+            return min(0.1 * 2.0 ** self._failures, 10.0)
         return 1.0
 
     async def _spawn_one(self) -> None:
@@ -267,7 +268,7 @@ class WarmPool:
         except asyncio.CancelledError:
             self._starting -= 1
             raise
-        except Exception as e:  # noqa: BLE001 - a failed start is counted and reported
+        except Exception as e:
             self._starting -= 1
             self._failures += 1
             self._last_error = f"{type(e).__name__}: {e}"
@@ -297,7 +298,7 @@ class WarmPool:
         async def run() -> None:
             try:
                 await aw
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("pool %s: discarding a worker failed", self.profile)
 
         task = asyncio.create_task(run())

@@ -138,7 +138,7 @@ class InvocationStore:
     async def load_request(self, tenant: str, invocation_id: str) -> bytes:
         return await self.store.get(self.key(tenant, invocation_id, "request.json"))
 
-    async def list(self, tenant: str, *, status: Status | None, profile: str | None,
+    async def list_page(self, tenant: str, *, status: Status | None, profile: str | None,
                    cursor: str | None, limit: int) -> tuple[list[InvocationRecord], str | None]:
         """Newest first (ids sort that way). Scans at most 10 pages' worth of ids per call;
         the cursor resumes after the last id scanned, matched or not."""
