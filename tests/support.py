@@ -63,7 +63,7 @@ class GatewayProcess:
         env.update(self.env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"gateway-{self.port}.log"
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli.main", "serve"], cwd=ROOT, env=env,
             stdout=log, stderr=subprocess.STDOUT)
@@ -120,7 +120,7 @@ class CallbackReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def do_POST(self) -> None:  # http.server names it so
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 with receiver._cond:

@@ -176,7 +176,7 @@ class InvocationService:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
                 self._fail(record, Reason.WorkerLost, str(e))
-        except Exception as e:
+        except Exception as e:  # an invocation ends recorded, whatever happens
             log.exception("invocation %s failed inside the gateway", record.id)
             self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
         finally:
@@ -285,7 +285,7 @@ class InvocationService:
             await asyncio.gather(*live.pending_writes, return_exceptions=True)
         try:
             await self.records.finish(record)
-        except Exception:
+        except Exception:  # the pending marker stays: recovery retries it
             log.exception("invocation %s: storing the result failed", record.id)
         if worker is not None:
             try:

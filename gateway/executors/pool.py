@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -216,14 +217,12 @@ class WarmPool:
             try:
                 delay = self._reconcile()
                 backoff = 0.1
-            except Exception:
+            except Exception:  # the controller must outlive any one error
                 log.exception("pool %s: reconcile failed", self.profile)
                 delay = backoff = min(backoff * 2, 5.0)
             self._kick.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
     def _reconcile(self) -> float:
         """One step: retire what is stale or surplus, start what is missing. Returns how
@@ -268,7 +267,7 @@ class WarmPool:
         except asyncio.CancelledError:
             self._starting -= 1
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a failed start is counted and reported
             self._starting -= 1
             self._failures += 1
             self._last_error = f"{type(e).__name__}: {e}"
