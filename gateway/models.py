@@ -220,6 +220,8 @@ class InvocationRecord(BaseModel):
 
     def public(self, base_path: str = "/v1/invocations") -> dict[str, Any]:
         body = self.model_dump(mode="json", exclude={"tenant"})
+        for artifact in body["artifacts"]:
+            artifact["url"] = f"{base_path}/{self.id}/artifacts/{artifact['name']}"
         body["links"] = {
             "self": f"{base_path}/{self.id}",
             "logs": f"{base_path}/{self.id}/logs",
