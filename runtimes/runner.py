@@ -132,21 +132,26 @@ class Limits:
         setrl(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
-def _live_processes_of(uid: int) -> bool:
-    """Whether any non-zombie process runs as ``uid`` (its /proc entry is owned by it)."""
+def _has_children() -> bool:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _children_of(ppid: int) -> list[int]:
+    children = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
                 continue
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != b"Z":
-            return True
-    return False
+            if int(fields[1]) == ppid:
+                children.append(int(entry.name))
+    return children
 
 
 def _kill_all_of_uid(uid: int) -> None:
@@ -169,21 +174,30 @@ def _reap_orphans() -> None:
             pass
 
 
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    """libc through ctypes, loaded once (the zygote loads it before it forks)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
 def _die_with_parent() -> None:
     """If the runner is killed outright, the kernel kills the code too (PR_SET_PDEATHSIG)."""
-    import ctypes
-
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        _libc().prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def _become_subreaper() -> None:
-    import ctypes
-
     pr_set_child_subreaper = 36
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+        _libc().prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
 def _count_processes_of(uid: int) -> int:
@@ -361,17 +375,23 @@ class Run:
             os.killpg(pgid, signal.SIGKILL)
 
     def _kill_leftovers(self, pgid: int) -> None:
-        """Nothing the code started may outlive the run: its group, and with a uid of its
-        own every process of that uid (which catches children that called setsid)."""
+        """Nothing the code started may outlive the run. The runner is a child subreaper,
+        so every descendant still alive (even one that left the group with setsid) is
+        reparented to it: no children left means nothing survived, with no /proc scan."""
         self._killpg(pgid)
-        if self.uid is not None:
-            for _ in range(100):
-                if not _live_processes_of(self.uid):
-                    break
+        for _ in range(100):
+            _reap_orphans()
+            if not _has_children():
+                return
+            if self.uid is not None:
                 _kill_all_of_uid(self.uid)
-                _reap_orphans()
-                time.sleep(0.002)
-        _reap_orphans()
+            else:
+                for child in _children_of(os.getpid()):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(child, signal.SIGKILL)
+            time.sleep(0.002)
 
     # -- results -------------------------------------------------------------------------
 
@@ -754,12 +774,9 @@ def _mkdtemp(root: str) -> str:
 def _isolate_network() -> bool:
     """Move this worker into an empty network namespace (root only). The listening socket
     was bound before, so it stays reachable in the old namespace; the code gets no network."""
-    import ctypes
-
     clone_newnet = 0x40000000
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.unshare(clone_newnet) == 0)
+        return bool(_libc().unshare(clone_newnet) == 0)
     except OSError:
         return False
 
@@ -786,6 +803,7 @@ def zygote_main(workspace_root: str, preload_python: bool) -> int:
     """
     if preload_python:
         _preload()
+    _libc()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
     out = sys.stdout.buffer

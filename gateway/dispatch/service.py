@@ -33,6 +33,7 @@ from gateway.errors import (
     InvalidInput,
     InvocationNotFound,
     JobgateError,
+    ObjectNotFound,
     ShuttingDown,
     StorageUnavailable,
     WorkerLost,
@@ -371,8 +372,10 @@ class InvocationService:
                     raw = await self.records.load_request(tenant, invocation_id)
                     req = InvocationCreate.model_validate_json(raw)
                     plan = make_plan(req, self.profiles.get(req.profile), self.settings)
-                except (JobgateError, ValidationError) as e:
-                    self._fail(record, Reason.StartFailed, f"could not be resumed: {e}")
+                except (JobgateError, ValidationError, ObjectNotFound) as e:
+                    # ObjectNotFound: the crash came in the middle of accepting it (it was
+                    # never acknowledged); it is closed, not run.
+                    self._fail(record, Reason.StartFailed, f"could not be resumed: {e!r}")
                 else:
                     self._start(record, plan, req)
                     continue

@@ -4,6 +4,7 @@ invocation layout on top of it lives in ``gateway.storage.records``."""
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ class ObjectStore(ABC):
     @abstractmethod
     async def put(self, key: str, data: bytes, *, expires_at: datetime,
                   content_type: str = "application/octet-stream") -> ObjectInfo: ...
+
+    async def put_many(self, items: list[tuple[str, bytes, str]], *, expires_at: datetime
+                       ) -> None:
+        """Store several small objects ``(key, data, content_type)`` at once."""
+        await asyncio.gather(*(self.put(key, data, expires_at=expires_at, content_type=ctype)
+                               for key, data, ctype in items))
 
     @abstractmethod
     async def put_file(self, key: str, path: Path, *, expires_at: datetime,

@@ -31,6 +31,9 @@ PENDING = "_pending"
 EXPIRY = "_expiry"
 IDEMPOTENCY = "_idempotency"
 _SEP = "~"
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+BINARY = "application/octet-stream"
 
 
 def _bucket(at: datetime) -> str:
@@ -77,38 +80,35 @@ class InvocationStore:
         t, i = record.tenant, record.id
         marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
         extra_keys = []
-        writes = [
-            self.store.put(self.key(t, i, "request.json"), request_body, expires_at=exp,
-                           content_type="application/json"),
-            self.store.put(f"{PENDING}/{t}/{i}", b"", expires_at=exp),
+        items = [
+            (self.key(t, i, "request.json"), request_body, JSON),
+            (f"{PENDING}/{t}/{i}", b"", BINARY),
         ]
         if idempotency is not None:
             key_hash, body_hash = idempotency
             idem_key = f"{IDEMPOTENCY}/{t}/{key_hash}"
             extra_keys.append(idem_key)
-            writes.append(self.store.put(
-                idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), expires_at=exp,
-            ))
-        writes.append(self.store.put(marker, orjson.dumps({"keys": extra_keys}),
-                                     expires_at=exp))
-        await asyncio.gather(*writes)
-        await self.save(record)
+            items.append((idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
+        items.append((marker, orjson.dumps({"keys": extra_keys}), JSON))
+        items.append(self._record_item(record))
+        await self.store.put_many(items, expires_at=exp)
+
+    def _record_item(self, record: InvocationRecord) -> tuple[str, bytes, str]:
+        body = record.model_dump_json(exclude={"stdout", "stderr"}).encode()
+        return self.key(record.tenant, record.id, "record.json"), body, JSON
 
     async def save(self, record: InvocationRecord) -> None:
-        body = record.model_dump_json(exclude={"stdout", "stderr"}).encode()
-        await self.store.put(self.key(record.tenant, record.id, "record.json"), body,
-                             expires_at=record.expires_at, content_type="application/json")
+        key, body, ctype = self._record_item(record)
+        await self.store.put(key, body, expires_at=record.expires_at, content_type=ctype)
 
     async def finish(self, record: InvocationRecord) -> None:
         """Store the outputs and the final record, then drop the pending marker."""
-        t, i, exp = record.tenant, record.id, record.expires_at
-        await asyncio.gather(
-            self.store.put(self.key(t, i, "stdout"), (record.stdout or "").encode(),
-                           expires_at=exp, content_type="text/plain; charset=utf-8"),
-            self.store.put(self.key(t, i, "stderr"), (record.stderr or "").encode(),
-                           expires_at=exp, content_type="text/plain; charset=utf-8"),
-        )
-        await self.save(record)
+        t, i = record.tenant, record.id
+        await self.store.put_many([
+            (self.key(t, i, "stdout"), (record.stdout or "").encode(), TEXT),
+            (self.key(t, i, "stderr"), (record.stderr or "").encode(), TEXT),
+            self._record_item(record),
+        ], expires_at=record.expires_at)
         await self.store.delete_keys([f"{PENDING}/{t}/{i}"])
 
     # -- reads --------------------------------------------------------------------------

@@ -356,13 +356,6 @@ class S3Store(ObjectStore):
             r = await self.client.head_object(Bucket=self.bucket, Key=self._full(key))
         return ObjectInfo(key, int(r["ContentLength"]), r.get("Metadata", {}).get("sha256"))
 
-    async def expires_at(self, key: str) -> datetime | None:
-        """The expiry recorded on the object (S3 only: the local store keeps none)."""
-        with self._errors(key):
-            r = await self.client.head_object(Bucket=self.bucket, Key=self._full(key))
-        value = r.get("Metadata", {}).get("expires-at")
-        return datetime.fromisoformat(value) if value else None
-
     async def stream(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
         with self._errors(key):
             r = await self.client.get_object(Bucket=self.bucket, Key=self._full(key))
