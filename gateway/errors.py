@@ -106,8 +106,22 @@ class ObjectNotFound(Exception):
 
 
 class WorkerLost(Exception):
-    """The worker went away before it reported (internal; becomes reason WorkerLost)."""
+    """The worker went away before it reported (internal; becomes its ``reason``)."""
+
+    reason = "WorkerLost"
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class WorkerStartFailed(Exception):
-    """No worker could be started for a profile (internal; becomes reason StartFailed)."""
+    """No worker could be started for a profile (internal; becomes its ``reason``)."""
+
+    reason = "StartFailed"
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason

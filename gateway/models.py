@@ -42,7 +42,12 @@ class Reason(StrEnum):
     StartFailed = "StartFailed"
     ArtifactLimit = "ArtifactLimit"
     StorageUnavailable = "StorageUnavailable"
-    GatewayRestarted = "GatewayRestarted"
+    # Kubernetes executor: read from the worker pod's and Job's status.
+    ImagePullFailed = "ImagePullFailed"
+    OOMKilled = "OOMKilled"
+    Evicted = "Evicted"
+    Unschedulable = "Unschedulable"
+    PodFailed = "PodFailed"
 
 
 REASON_STATUS: dict[Reason, Status] = {
@@ -51,7 +56,10 @@ REASON_STATUS: dict[Reason, Status] = {
     Reason.WorkerLost: Status.error,
     Reason.StartFailed: Status.error,
     Reason.StorageUnavailable: Status.error,
-    Reason.GatewayRestarted: Status.error,
+    Reason.ImagePullFailed: Status.error,
+    Reason.Unschedulable: Status.error,
+    Reason.Evicted: Status.error,
+    Reason.PodFailed: Status.error,
 }
 
 
@@ -217,9 +225,11 @@ class InvocationRecord(BaseModel):
     finished_at: datetime | None = None
     expires_at: datetime
     callback: CallbackState | None = None
+    # The replica that accepted it: recovery takes over invocations of replicas that died.
+    replica: str | None = None
 
     def public(self, base_path: str = "/v1/invocations") -> dict[str, Any]:
-        body = self.model_dump(mode="json", exclude={"tenant"})
+        body = self.model_dump(mode="json", exclude={"tenant", "replica"})
         for artifact in body["artifacts"]:
             artifact["url"] = f"{base_path}/{self.id}/artifacts/{artifact['name']}"
         body["links"] = {
@@ -296,6 +306,15 @@ class ArtifactLimits(BaseModel):
     max_total_bytes: int
 
 
+class UploadSpec(BaseModel):
+    """Where a worker puts its outputs itself (S3 storage): presigned, credential-free."""
+
+    report_url: str
+    artifacts_url: str
+    token: str
+    retry_budget_s: float
+
+
 class Assignment(BaseModel):
     """What a worker runs. Everything per-call travels here, never in the worker's spec,
     so any warm worker of the profile can take any invocation."""
@@ -314,12 +333,23 @@ class Assignment(BaseModel):
     result_cap_bytes: int
     artifacts: ArtifactLimits
     keep_workspace: bool = False
+    uploads: UploadSpec | None = None
 
 
-class ReportedArtifact(BaseModel):
-    name: str
-    size: int
-    sha256: str
+class ReportedArtifactBase(BaseModel):
+    name: str = Field(max_length=1024)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ArtifactListing(BaseModel):
+    """What a worker asks to upload (the body of the internal uploads endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+    artifacts: list[ReportedArtifactBase] = Field(max_length=10_000)
+
+
+class ReportedArtifact(ReportedArtifactBase):
     path: str | None = None
 
 
@@ -344,3 +374,5 @@ class WorkerReport(BaseModel):
     artifact_error: str | None = None
     workspace_base: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    report_uploaded: bool = False
+    upload_error: str | None = None

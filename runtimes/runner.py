@@ -526,6 +526,117 @@ class Run:
         report["artifacts"] = found
 
 
+# ---------------------------------------------------------------------------------------
+# Uploads: outputs go straight to storage through presigned URLs, so a result survives the
+# gateway (and its replica) going away while the code runs. The worker holds no credentials.
+# ---------------------------------------------------------------------------------------
+
+
+class UploadError(Exception):
+    pass
+
+
+def _request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+             timeout: float = 30.0) -> tuple[int, bytes]:
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target or "/", body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _with_retries(what: str, budget_s: float, attempt: Any) -> Any:
+    """Retry ``attempt`` with exponential backoff and jitter within ``budget_s``."""
+    import random
+
+    deadline = time.monotonic() + budget_s
+    delay = 0.2
+    while True:
+        try:
+            return attempt()
+        except (OSError, UploadError) as e:
+            if time.monotonic() + delay > deadline:
+                raise UploadError(f"{what}: {e}") from e
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 10.0)
+
+
+def _put_file(url: str, path: str, size: int) -> None:
+    with open(path, "rb") as f:
+        status, body = _request("PUT", url, body=f, headers={
+            "Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            timeout=300)
+    if not 200 <= status < 300:
+        raise UploadError(f"PUT answered {status}: {body[:200]!r}")
+
+
+def _put_bytes(url: str, data: bytes, content_type: str) -> None:
+    status, body = _request("PUT", url, body=data, headers={
+        "Content-Length": str(len(data)), "Content-Type": content_type})
+    if not 200 <= status < 300:
+        raise UploadError(f"PUT answered {status}: {body[:200]!r}")
+
+
+def upload_outputs(report: dict[str, Any], uploads: dict[str, Any]) -> None:
+    """Artifacts first (their URLs come from the gateway, which checks the limits), the
+    report last: once report.json is stored, the invocation's outcome is known."""
+    budget = float(uploads.get("retry_budget_s") or 60)
+    artifacts = report.get("artifacts") or []
+    if artifacts:
+        listing = json.dumps({"artifacts": [
+            {k: a[k] for k in ("name", "size", "sha256")} for a in artifacts]}).encode()
+
+        def ask() -> dict[str, Any]:
+            status, body = _request("POST", uploads["artifacts_url"], body=listing, headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {uploads['token']}"})
+            if status >= 500:
+                raise UploadError(f"the gateway answered {status}")
+            answer: dict[str, Any] = json.loads(body or b"{}")
+            if status != 200:
+                answer.setdefault("refused", f"the gateway answered {status}: {body[:300]!r}")
+            return answer
+
+        try:
+            answer = _with_retries("asking for artifact upload URLs", budget, ask)
+        except UploadError as e:
+            answer = {"refused": str(e)}
+        if answer.get("refused"):
+            report["artifact_error"] = report.get("artifact_error") or answer["refused"]
+            report["artifacts"] = []
+        else:
+            urls = answer.get("urls", {})
+            kept = []
+            for a in artifacts:
+                url = urls.get(a["name"])
+                if not url:
+                    continue
+                try:
+                    _with_retries(f"uploading {a['name']}", budget,
+                                  lambda a=a, url=url: _put_file(url, a["path"], a["size"]))
+                    kept.append(a)
+                except UploadError as e:
+                    report["upload_error"] = str(e)
+            report["artifacts"] = kept
+    for a in report.get("artifacts") or []:
+        a.pop("path", None)
+    data = json.dumps(report).encode()
+    try:
+        _with_retries("uploading the report", budget,
+                      lambda: _put_bytes(uploads["report_url"], data, "application/json"))
+        report["report_uploaded"] = True
+    except UploadError as e:
+        report["upload_error"] = str(e)
+
+
 def _stat_is_file(st: os.stat_result) -> bool:
     import stat as _stat
 
@@ -740,6 +851,8 @@ class Worker:
                           self.preloaded_python)
                 conn.settimeout(None)
                 report = run.execute(self.wake_r)
+                if assignment.get("uploads"):
+                    upload_outputs(report, assignment["uploads"])
                 status = 200
             except Exception as e:  # noqa: BLE001 - the gateway gets a StartFailed report
                 report = {"protocol": PROTOCOL_VERSION, "reason": "StartFailed",

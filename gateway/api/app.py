@@ -3,6 +3,7 @@ janitor, callback deliveries), starts them in order and stops them in reverse.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -22,6 +23,7 @@ from gateway.api.openapi import build_openapi
 from gateway.api.routes import ROUTES
 from gateway.auth.keys import KeyRing
 from gateway.auth.middleware import Authenticator
+from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import ProfileCatalog, load_profiles
@@ -36,6 +38,8 @@ from gateway.storage.base import ObjectStore
 from gateway.storage.records import InvocationStore
 
 log = logging.getLogger("jobgate")
+# How often the recovering replica looks for work left by replicas that died.
+RECOVERY_INTERVAL_S = 15.0
 
 
 def jobgate_version() -> str:
@@ -89,6 +93,10 @@ def build_gateway(settings: Settings) -> Gateway:
         raise StartupError(
             f"refusing to serve on {settings.host} without API keys: set JOBGATE_API_KEYS "
             "or JOBGATE_API_KEYS_FILE (see `jobgate keys new`), or bind to 127.0.0.1")
+    if settings.executor == "kubernetes" and settings.storage == "local":
+        raise StartupError(
+            "the kubernetes executor needs shared storage: set JOBGATE_STORAGE=s3 (workers "
+            "upload their outputs there through presigned URLs)")
     profiles = load_profiles(settings.profiles,
                              check_installed=settings.executor == "local")
     metrics = Metrics()
@@ -96,10 +104,10 @@ def build_gateway(settings: Settings) -> Gateway:
     records = InvocationStore(store)
     executor = make_executor(settings, profiles)
     policy = CallbackPolicy(settings.callback_allow)
-    deliverer = CallbackDeliverer(settings, records, metrics, policy,
-                                  _server_callback_secret(settings))
+    server_secret = _server_callback_secret(settings)
+    deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secret)
     service = InvocationService(settings, profiles, executor, records, deliverer, metrics,
-                                policy)
+                                policy, UploadTokens(server_secret), executor.identity)
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
     return Gateway(settings, profiles, Authenticator(keys), metrics, store, records, executor,
                    deliverer, service, janitor)
@@ -152,6 +160,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         recovered = await gateway.service.recover()
         await gateway.deliverer.resume_pending()
         gateway.janitor.start()
+        recovery = asyncio.create_task(gateway.service.recovery_loop(RECOVERY_INTERVAL_S),
+                                       name="recovery")
         log.info("jobgate %s ready: executor=%s storage=%s profiles=%s recovered=%d",
                  jobgate_version(), gateway.executor.name, gateway.store.name,
                  ",".join(gateway.profiles.names()), recovered)
@@ -159,6 +169,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await gateway.service.drain(settings.shutdown_grace_s)
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
             await gateway.janitor.stop()
             await gateway.executor.stop()
             await gateway.service.wait_all(10)

@@ -23,10 +23,17 @@ from gateway.errors import (
     JobgateError,
     ObjectNotFound,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from gateway.ids import is_invocation_id
-from gateway.models import AcceptedInvocation, InvocationCreate, InvocationRecord, Status
+from gateway.models import (
+    AcceptedInvocation,
+    ArtifactListing,
+    InvocationCreate,
+    InvocationRecord,
+    Status,
+)
 
 INV = "/v1/invocations"
 
@@ -250,6 +257,18 @@ async def get_artifacts_zip(request: Request) -> Response:
         "Content-Disposition": f'attachment; filename="{inv}-artifacts.zip"'})
 
 
+async def presign_uploads(request: Request) -> Response:
+    """Internal: a worker asks where to upload its artifacts (S3 storage)."""
+    app = _app(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("missing upload token")
+    data, _ = await _read_json(request, 4 * 1024 * 1024)
+    listing = ArtifactListing.model_validate(data)
+    urls = await app.service.presign_artifacts(token.strip(), _invocation_id(request), listing)
+    return JSONResponse({"urls": urls})
+
+
 async def cancel_invocation(request: Request) -> Response:
     app = _app(request)
     record = await app.service.cancel(_tenant(request), _invocation_id(request))
@@ -313,6 +332,7 @@ ROUTES = [
     Route(INV + "/{id}/artifacts.zip", get_artifacts_zip, methods=["GET"]),
     Route(INV + "/{id}/artifacts/{name:path}", get_artifact, methods=["GET"]),
     Route(INV + "/{id}/cancel", cancel_invocation, methods=["POST"]),
+    Route("/internal" + INV + "/{id}/uploads", presign_uploads, methods=["POST"]),
     Route("/v1/profiles", list_profiles, methods=["GET"]),
     Route("/v1/pools", list_pools, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # Seconds a SIGTERM gives in-flight sync requests before the gateway exits.
     shutdown_grace_s: float = Field(20.0, ge=0, le=600)
 
+    # The gateway's URL as workers reach it (artifact upload URLs are asked for there);
+    # empty: http://HOST:PORT of this process (right for the local executor).
+    worker_gateway_url: str = ""
+
     # -- authentication -----------------------------------------------------------------
     # Comma-separated "tenant:sha256hex" entries (hashes of the keys, never the keys).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -76,6 +80,29 @@ class Settings(BaseSettings):
     # Local executor: an empty network namespace for profiles without network (root only).
     local_isolate_network: bool = True
 
+    # -- Kubernetes executor (JOBGATE_EXECUTOR=kubernetes) --------------------------------
+    k8s_namespace: str = "jobgate"
+    # A kubeconfig file; empty: in-cluster config when running in a pod, else ~/.kube/config.
+    k8s_kubeconfig: str = ""
+    # This replica's name: claims carry it, so the janitor knows whose claims are orphaned.
+    k8s_replica_id: str = ""
+    k8s_runner_port: int = Field(8080, gt=0, le=65535)
+    k8s_job_ttl_s: int = Field(300, ge=0)
+    k8s_create_rate: float = Field(10.0, gt=0)
+    k8s_cold_start_concurrency: int = Field(8, gt=0)
+    k8s_image_pull_grace_s: float = Field(60.0, gt=0)
+    k8s_unschedulable_after_s: float = Field(120.0, gt=0)
+    k8s_leader_lease: str = "jobgate-pool-leader"
+    k8s_lease_duration_s: int = Field(15, ge=3)
+    # Gateway pods, by label: the only pods worker pods accept connections from.
+    k8s_gateway_selector: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["app.kubernetes.io/name=jobgate",
+                                 "app.kubernetes.io/component=gateway"])
+    # Where workers may connect besides the gateway: the object store, as CIDRs.
+    k8s_egress_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    k8s_manage_network_policy: bool = True
+    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
     # -- callbacks ------------------------------------------------------------------------
     callback_secret: SecretStr | None = None
     callback_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -101,7 +128,8 @@ class Settings(BaseSettings):
     # -- janitor --------------------------------------------------------------------------
     janitor_interval_s: float = Field(60.0, gt=0)
 
-    @field_validator("api_keys", "callback_allow", mode="before")
+    @field_validator("api_keys", "callback_allow", "k8s_gateway_selector", "k8s_egress_cidrs",
+                     mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -13,7 +13,13 @@ import orjson
 from gateway.config.profiles import Profile
 from gateway.config.settings import MiB, Settings
 from gateway.errors import InvalidInput, PayloadTooLarge
-from gateway.models import ArtifactLimits, Assignment, InvocationCreate, RunLimits
+from gateway.models import (
+    ArtifactLimits,
+    ArtifactListing,
+    Assignment,
+    InvocationCreate,
+    RunLimits,
+)
 
 RESERVED_FILES = {"input.json", "result.json"}
 MAX_NAME_LENGTH = 255
@@ -180,3 +186,29 @@ def describe(reason: str | None, exit_code: int | None, signal_num: int | None,
             return f"the code was killed by signal {signal_num}"
         return f"the code exited with code {exit_code}"
     return messages.get(reason or "")
+
+
+class ArtifactLimitExceeded(InvalidInput):
+    code = "ArtifactLimit"
+
+
+def check_artifact_listing(listing: ArtifactListing, settings: Settings) -> None:
+    """The gateway's own check of what a worker wants to upload (a worker is not trusted
+    to have applied the limits it was given)."""
+    if len(listing.artifacts) > settings.artifact_max_count:
+        raise ArtifactLimitExceeded(
+            f"{len(listing.artifacts)} artifacts; at most {settings.artifact_max_count}")
+    total = 0
+    for artifact in listing.artifacts:
+        name = artifact.name
+        if name.startswith("/") or "\x00" in name or any(
+                part in ("", ".", "..") for part in name.split("/")):
+            raise InvalidInput(f"invalid artifact name {name!r}")
+        if artifact.size > settings.artifact_max_bytes:
+            raise ArtifactLimitExceeded(
+                f"artifact {name!r} is {artifact.size} bytes; at most "
+                f"{settings.artifact_max_bytes}")
+        total += artifact.size
+    if total > settings.artifact_max_total_bytes:
+        raise ArtifactLimitExceeded(
+            f"artifacts total {total} bytes; at most {settings.artifact_max_total_bytes}")

@@ -22,11 +22,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import ProfileCatalog
 from gateway.config.settings import Settings
-from gateway.dispatch.plan import Plan, describe, make_assignment, make_plan
+from gateway.dispatch.plan import (
+    Plan,
+    check_artifact_listing,
+    describe,
+    make_assignment,
+    make_plan,
+)
 from gateway.errors import (
     AlreadyFinished,
     IdempotencyConflict,
@@ -46,11 +53,13 @@ from gateway.metrics.registry import Metrics
 from gateway.models import (
     REASON_STATUS,
     Artifact,
+    ArtifactListing,
     CallbackState,
     InvocationCreate,
     InvocationRecord,
     Reason,
     Status,
+    UploadSpec,
     WorkerReport,
 )
 from gateway.storage.records import InvocationStore
@@ -76,7 +85,7 @@ class LiveInvocation:
 class InvocationService:
     def __init__(self, settings: Settings, profiles: ProfileCatalog, executor: Executor,
                  records: InvocationStore, deliverer: CallbackDeliverer, metrics: Metrics,
-                 policy: CallbackPolicy):
+                 policy: CallbackPolicy, upload_tokens: UploadTokens, replica: str):
         self.settings = settings
         self.profiles = profiles
         self.executor = executor
@@ -84,7 +93,10 @@ class InvocationService:
         self.deliverer = deliverer
         self.metrics = metrics
         self.policy = policy
+        self.upload_tokens = upload_tokens
+        self.replica = replica
         self._live: dict[str, LiveInvocation] = {}
+        self._adopting: dict[str, asyncio.Task[None]] = {}
         self._idem_locks: dict[str, asyncio.Lock] = {}
         self.accepting = True
 
@@ -131,6 +143,7 @@ class InvocationService:
         record = InvocationRecord(
             id=new_invocation_id(), tenant=tenant, profile=plan.profile.name, mode=req.mode,
             created_at=now, expires_at=now + timedelta(seconds=plan.ttl_s),
+            replica=self.replica,
             callback=None if req.callback is None else CallbackState(
                 url=req.callback.url, delivery_id=f"dlv_{new_token(12)}"),
         )
@@ -159,7 +172,8 @@ class InvocationService:
         try:
             report = await self._claim_and_run(live)
             self._apply_report(live, report)
-            if self.executor.reads_workspace and report.artifacts:
+            uploaded = report.report_uploaded and not report.upload_error
+            if not uploaded and self.executor.reads_workspace and report.artifacts:
                 await self._store_artifacts(record, report)
         except asyncio.CancelledError:
             if live.abandoned:
@@ -171,12 +185,12 @@ class InvocationService:
             else:
                 self._fail(record, Reason.WorkerLost, "the gateway shut down during the run")
         except WorkerStartFailed as e:
-            self._fail(record, Reason.StartFailed, str(e))
+            self._fail(record, Reason(e.reason), str(e))
         except WorkerLost as e:
             if live.cancel_requested:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
-                self._fail(record, Reason.WorkerLost, str(e))
+                self._fail(record, Reason(e.reason), str(e))
         except Exception as e:  # an invocation ends recorded, whatever happens
             log.exception("invocation %s failed inside the gateway", record.id)
             self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
@@ -187,8 +201,9 @@ class InvocationService:
     async def _claim_and_run(self, live: LiveInvocation) -> WorkerReport:
         record, plan = live.record, live.plan
         assignment = make_assignment(plan, live.request, record.id, self.settings)
+        assignment.uploads = await self._uploads_for(record, plan)
         for attempt in range(UNREACHABLE_RETRIES):
-            worker = await self.executor.acquire(plan.profile)
+            worker = await self.executor.acquire(plan.profile, record.id)
             live.worker = worker
             claimed = time.monotonic()
             if attempt == 0:
@@ -221,6 +236,43 @@ class InvocationService:
             return report
         raise WorkerLost("no worker could be reached")
 
+    async def _uploads_for(self, record: InvocationRecord, plan: Plan) -> UploadSpec | None:
+        """With a store that presigns (S3), the worker uploads its outputs itself: a URL
+        for its report, and a token to ask for artifact URLs. None: the gateway stores
+        them from the workspace (local executor, local storage)."""
+        ttl = plan.timeout_s + self.settings.storage_retry_budget_s + 300
+        report_url = await self.records.store.presign_put(
+            self.records.key(record.tenant, record.id, "report.json"), expires_s=int(ttl),
+            content_type="application/json")
+        if report_url is None:
+            return None
+        base = self.settings.worker_gateway_url.rstrip("/") or \
+            f"http://{_dialable(self.settings.host)}:{self.settings.port}"
+        return UploadSpec(
+            report_url=report_url,
+            artifacts_url=f"{base}/internal/v1/invocations/{record.id}/uploads",
+            token=self.upload_tokens.make(record.tenant, record.id, ttl),
+            retry_budget_s=min(self.settings.storage_retry_budget_s, 600))
+
+    async def presign_artifacts(self, token: str, invocation_id: str,
+                                listing: ArtifactListing) -> dict[str, str]:
+        """Upload URLs for a worker's artifacts, once they pass the limits."""
+        tenant = self.upload_tokens.tenant_for(token, invocation_id)
+        record = await self.get(tenant, invocation_id)
+        if record.status.terminal:
+            raise AlreadyFinished(f"invocation {invocation_id} has ended")
+        check_artifact_listing(listing, self.settings)
+        ttl = self.settings.s3_presign_ttl_s
+        urls = {}
+        for artifact in listing.artifacts:
+            url = await self.records.store.presign_put(
+                self.records.artifact_key(tenant, invocation_id, artifact.name),
+                expires_s=ttl)
+            if url is None:
+                raise InvalidInput("this gateway's storage takes no direct uploads")
+            urls[artifact.name] = url
+        return urls
+
     def _apply_report(self, live: LiveInvocation, report: WorkerReport) -> None:
         record = live.record
         reason = None
@@ -231,11 +283,15 @@ class InvocationService:
                 reason = Reason.WorkerLost
         if report.artifact_error and reason is None:
             reason = Reason.ArtifactLimit
+        if report.upload_error and reason is None and not self.executor.reads_workspace:
+            reason = Reason.StorageUnavailable
         record.reason = reason
         record.status = (Status.succeeded if reason is None
                          else REASON_STATUS.get(reason, Status.failed))
         if reason == Reason.ArtifactLimit:
             record.message = report.artifact_error
+        elif reason == Reason.StorageUnavailable:
+            record.message = f"outputs could not be stored: {report.upload_error}"
         elif reason == Reason.StartFailed:
             record.message = report.error or describe(report.reason, None, None, 0)
         else:
@@ -353,42 +409,99 @@ class InvocationService:
     # -- crash recovery and shutdown ----------------------------------------------------
 
     async def recover(self) -> int:
-        """Finish what a previous gateway accepted but never recorded as done: queued work
-        runs now; work that was running died with its workers and is recorded as lost."""
+        """Finish what replicas that died accepted but never recorded as done. Queued work
+        runs now. Running work is finished from the report its worker stored, or waited
+        for while its worker still runs (Kubernetes), or else recorded as lost."""
+        if not self.executor.leads_recovery:
+            return 0
+        live_replicas = await self.executor.live_replicas()
         recovered = 0
         for tenant, invocation_id in await self.records.pending():
-            if invocation_id in self._live:
+            if invocation_id in self._live or invocation_id in self._adopting:
                 continue
             try:
                 record = await self.records.load(tenant, invocation_id, with_logs=False)
             except (InvocationNotFound, ValidationError):
                 continue
+            if record.replica in live_replicas:
+                continue  # its own replica is alive and finishes it
             if record.status.terminal:
                 await self.records.finish(record)  # finished, marker left by a crash
                 continue
             recovered += 1
+            try:
+                raw = await self.records.load_request(tenant, invocation_id)
+                req = InvocationCreate.model_validate_json(raw)
+                plan = make_plan(req, self.profiles.get(req.profile), self.settings)
+            except (JobgateError, ValidationError, ObjectNotFound) as e:
+                # ObjectNotFound: the crash came in the middle of accepting it (it was
+                # never acknowledged); it is closed, not run.
+                self._fail(record, Reason.StartFailed, f"could not be resumed: {e!r}")
+                await self._close_recovered(record)
+                continue
+            record.replica = self.replica
             if record.status == Status.queued:
-                try:
-                    raw = await self.records.load_request(tenant, invocation_id)
-                    req = InvocationCreate.model_validate_json(raw)
-                    plan = make_plan(req, self.profiles.get(req.profile), self.settings)
-                except (JobgateError, ValidationError, ObjectNotFound) as e:
-                    # ObjectNotFound: the crash came in the middle of accepting it (it was
-                    # never acknowledged); it is closed, not run.
-                    self._fail(record, Reason.StartFailed, f"could not be resumed: {e!r}")
-                else:
-                    self._start(record, plan, req)
-                    continue
-            else:
-                self._fail(record, Reason.WorkerLost,
-                           "the gateway restarted while the invocation ran")
-            record.finished_at = datetime.now(UTC)
-            await self.records.finish(record)
-            if record.callback is not None:
-                await self.deliverer.enqueue(record, None)
+                self._start(record, plan, req)
+                continue
+            live = LiveInvocation(record=record, plan=plan, request=req,
+                                  accepted_at=time.monotonic(),
+                                  done=asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._resume_running(live))
+            self._adopting[invocation_id] = task
+            task.add_done_callback(self._forget_adopted)
         if recovered:
-            log.warning("recovered %d unfinished invocation(s) from a previous run", recovered)
+            log.warning("recovering %d unfinished invocation(s) of replicas that are gone",
+                        recovered)
         return recovered
+
+    def _forget_adopted(self, task: asyncio.Task[None]) -> None:
+        for invocation_id, adopted in list(self._adopting.items()):
+            if adopted is task:
+                del self._adopting[invocation_id]
+
+    async def _stored_report(self, record: InvocationRecord) -> WorkerReport | None:
+        try:
+            raw = await self.records.store.get(
+                self.records.key(record.tenant, record.id, "report.json"))
+        except ObjectNotFound:
+            return None
+        try:
+            return WorkerReport.model_validate_json(raw)
+        except ValidationError:
+            return None
+
+    async def _resume_running(self, live: LiveInvocation) -> None:
+        record = live.record
+        report = await self._stored_report(record)
+        if report is None:
+            deadline = live.plan.timeout_s + 60
+            if await self.executor.adopt(record.id, deadline):
+                report = await self._stored_report(record)
+        if report is not None:
+            self._apply_report(live, report)
+        else:
+            self._fail(record, Reason.WorkerLost,
+                       "the gateway restarted while the invocation ran, and its worker "
+                       "left no report")
+        await self._finish(live, None, report)
+
+    async def _close_recovered(self, record: InvocationRecord) -> None:
+        record.finished_at = datetime.now(UTC)
+        await self.records.finish(record)
+        if record.callback is not None:
+            await self.deliverer.enqueue(record, None)
+
+    async def recovery_loop(self, interval_s: float) -> None:
+        """Keeps taking over the work of replicas that die (the leader does, with the
+        Kubernetes executor). Never dies: errors are logged and retried."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recovery sweep failed")
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; give in-flight invocations up to ``grace_s`` to finish."""
@@ -407,9 +520,15 @@ class InvocationService:
 
     async def wait_all(self, timeout_s: float) -> None:
         tasks = [live.task for live in self._live.values() if live.task is not None]
+        tasks += list(self._adopting.values())
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
 
     @property
     def in_flight(self) -> int:
         return len(self._live)
+
+
+def _dialable(host: str) -> str:
+    """The address a local worker dials to reach a gateway bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host

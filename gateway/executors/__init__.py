@@ -12,4 +12,8 @@ def make_executor(settings: Settings, profiles: ProfileCatalog) -> Executor:
         from gateway.executors.local import LocalExecutor
 
         return LocalExecutor(settings, profiles)
+    if settings.executor == "kubernetes":
+        from gateway.executors.kubernetes import KubernetesExecutor
+
+        return KubernetesExecutor(settings, profiles)
     raise ValueError(f"executor {settings.executor!r} is not available in this build")

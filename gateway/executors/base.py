@@ -29,6 +29,8 @@ class Worker:
 
 class Executor(ABC):
     name: str
+    # This gateway process, as recorded on what it accepts and claims.
+    identity: str
     # True when the gateway can read a finished worker's workspace (artifacts are stored
     # from it directly); False when workers upload their outputs themselves.
     reads_workspace: bool = False
@@ -44,8 +46,9 @@ class Executor(ABC):
         """Raise QueueFull when the profile's queue has no room (admission)."""
 
     @abstractmethod
-    async def acquire(self, profile: Profile) -> Worker:
-        """A ready worker of the profile: warm from the pool, or started for this call."""
+    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+        """A ready worker of the profile, claimed for this invocation: warm from the pool,
+        or started for this call."""
 
     @abstractmethod
     async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
@@ -61,6 +64,20 @@ class Executor(ABC):
 
     @abstractmethod
     def pools(self) -> list[PoolState]: ...
+
+    async def live_replicas(self) -> set[str]:
+        """Gateway replicas alive now (their claims and invocations are theirs)."""
+        return {self.identity}
+
+    @property
+    def leads_recovery(self) -> bool:
+        """Whether this replica takes over the invocations of replicas that died."""
+        return True
+
+    async def adopt(self, invocation_id: str, timeout_s: float) -> bool | None:
+        """A worker still running an invocation whose replica died: wait until it ends
+        (True), or None when there is no such worker."""
+        return None
 
     @abstractmethod
     async def check(self) -> None:

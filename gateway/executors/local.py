@@ -227,6 +227,7 @@ class LocalExecutor(Executor):
         self._pools: dict[str, WarmPool] = {}
         self._client = RunnerClient()
         self._net_isolation_reported = False
+        self.identity = f"local-{os.uname().nodename}-{os.getpid()}-{new_token(3)}"
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
@@ -304,7 +305,7 @@ class LocalExecutor(Executor):
     def check_room(self, profile: Profile) -> None:
         self._pools[profile.name].check_room()
 
-    async def acquire(self, profile: Profile) -> Worker:
+    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
         return await self._pools[profile.name].acquire()
 
     async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:

@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Literal, cast
 from urllib.parse import quote
 
 import aioboto3
@@ -104,13 +104,14 @@ class S3Store(ObjectStore):
         self._session = session or aioboto3.Session()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
-        # How start() left the lifecycle rule: "installed", "unchanged" or "refused".
-        self.lifecycle: str | None = None
+        # What start() found for the lifecycle rule (tests and operators read it).
+        self.lifecycle: Literal["installed", "unchanged", "refused"] | None = None
 
     # -- keys -----------------------------------------------------------------------------
 
     def _full(self, key: str) -> str:
-        if not key or "\x00" in key or any(p in (".", "..") for p in key.split("/")):
+        # The local store's rules, so a key valid on one store is valid on the other.
+        if not key or "\x00" in key or any(p in ("", ".", "..") for p in key.split("/")):
             raise ValueError(f"invalid storage key {key!r}")
         return f"{self._root}/{key}" if self._root else key
 
@@ -137,11 +138,13 @@ class S3Store(ObjectStore):
                 raise ObjectNotFound(key) from None
             if code in _UNAVAILABLE or status >= 500 or status in (401, 403, 404):
                 raise StorageUnavailable(
-                    f"object storage error on bucket {self.bucket!r}: {code or status}",
+                    f"object storage refused the request ({code or status})",
                     retry_after=_RETRY_AFTER_S) from e
             raise
         except _TRANSPORT_ERRORS as e:
-            raise StorageUnavailable(f"object storage unreachable: {e}",
+            # The endpoint stays out of the message (clients see it in the 503); the
+            # chained exception keeps it for the logs.
+            raise StorageUnavailable(f"object storage unreachable ({type(e).__name__})",
                                      retry_after=_RETRY_AFTER_S) from e
 
     @property
@@ -196,7 +199,12 @@ class S3Store(ObjectStore):
                 await self.client.create_bucket(**params)
             log.info("created bucket %s", self.bucket)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+            code = e.response.get("Error", {}).get("Code")
+            if code == "BucketAlreadyExists":
+                # AWS: someone else's bucket. Some SeaweedFS versions also say it for our
+                # own: if we can list our prefix there, it is ours to use.
+                await self.check()
+            elif code != "BucketAlreadyOwnedByYou":
                 raise
 
     async def _install_lifecycle(self) -> None:
@@ -241,8 +249,12 @@ class S3Store(ObjectStore):
         return list(current.get("Rules", []))
 
     async def check(self) -> None:
+        """A one-key listing of our prefix, not HeadBucket: HeadBucket needs
+        s3:ListBucket on the whole bucket, which a policy limited to our prefix (see
+        docs/storage.md) does not grant. Just as cheap, and it proves what we use."""
         with self._errors():
-            await self.client.head_bucket(Bucket=self.bucket)
+            await self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._full_prefix(""), MaxKeys=1)
 
     # -- writes ---------------------------------------------------------------------------
 

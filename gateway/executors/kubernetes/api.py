@@ -1,0 +1,175 @@
+"""A thin layer over kubernetes-asyncio: only the calls jobgate makes, objects as plain dicts
+(parsed with orjson — deserializing every pod of a watch stream into models would cost more
+than the warm path itself), errors as types, and every call counted by verb."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from gateway.errors import ExecutorUnavailable
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class Conflict(Exception):
+    """409: a precondition (resourceVersion) failed, or the object exists."""
+
+
+class Gone(Exception):
+    """410: the watch's resourceVersion is too old; list again."""
+
+
+class Missing(Exception):
+    """404."""
+
+
+def _translate(e: ApiException) -> Exception:
+    if e.status == 409:
+        return Conflict(str(e.reason))
+    if e.status == 410:
+        return Gone(str(e.reason))
+    if e.status == 404:
+        return Missing(str(e.reason))
+    return e
+
+
+async def load_api_client(kubeconfig: str) -> client.ApiClient:
+    """In-cluster config inside a pod, else the kubeconfig file (or ~/.kube/config)."""
+    cfg = client.Configuration()
+    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config(config_file=kubeconfig or None,
+                                      client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+class KubeApi:
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self.api = api
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
+        self.calls: dict[str, int] = {}
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    def _count(self, verb: str) -> None:
+        self.calls[verb] = self.calls.get(verb, 0) + 1
+
+    @property
+    def writes(self) -> int:
+        return sum(n for verb, n in self.calls.items() if verb.split(" ")[0] in
+                   ("create", "patch", "delete", "replace"))
+
+    async def _call(self, verb: str, fn: Any, *args: Any, **kwargs: Any) -> Obj:
+        self._count(verb)
+        try:
+            resp = await fn(*args, _preload_content=False, **kwargs)
+            data = await resp.read()
+        except ApiException as e:
+            raise _translate(e) from None
+        except (TimeoutError, OSError) as e:
+            raise ExecutorUnavailable(f"the Kubernetes API is unreachable: {e!r}",
+                                      retry_after=5) from e
+        result: Obj = orjson.loads(data) if data else {}
+        return result
+
+    # -- pods ---------------------------------------------------------------------------
+
+    async def list_pods(self, selector: str) -> Obj:
+        return await self._call("list pods", self.core.list_namespaced_pod, self.namespace,
+                                label_selector=selector)
+
+    async def watch_pods(self, selector: str, resource_version: str,
+                         timeout_s: int) -> AsyncIterator[Obj]:
+        """Watch events (dicts with ``type`` and ``object``) from ``resource_version``;
+        raises Gone when it is too old. Ends after ``timeout_s`` (the server closes)."""
+        self._count("watch pods")
+        try:
+            resp: Any = await self.core.list_namespaced_pod(
+                self.namespace, label_selector=selector, watch=True,
+                resource_version=resource_version, allow_watch_bookmarks=True,
+                timeout_seconds=timeout_s, _preload_content=False,
+                _request_timeout=timeout_s + 30)
+        except ApiException as e:
+            raise _translate(e) from None
+        except OSError as e:
+            raise ExecutorUnavailable(f"the Kubernetes API is unreachable: {e!r}") from e
+        try:
+            while line := await resp.content.readline():
+                event: Obj = orjson.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object", {})
+                    if status.get("code") == 410:
+                        raise Gone(status.get("message", "gone"))
+                    raise ApiException(status=status.get("code"), reason=status.get("message"))
+                yield event
+        finally:
+            resp.release()
+
+    async def patch_pod(self, name: str, patch: Obj) -> Obj:
+        return await self._call("patch pods", self.core.patch_namespaced_pod, name,
+                                self.namespace, patch, _content_type=MERGE_PATCH)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    async def create_job(self, manifest: Obj) -> Obj:
+        return await self._call("create jobs", self.batch.create_namespaced_job,
+                                self.namespace, manifest)
+
+    async def delete_job(self, name: str) -> None:
+        with contextlib.suppress(Missing):
+            await self._call("delete jobs", self.batch.delete_namespaced_job, name,
+                             self.namespace, propagation_policy="Background")
+
+    async def list_jobs(self, selector: str) -> Obj:
+        return await self._call("list jobs", self.batch.list_namespaced_job, self.namespace,
+                                label_selector=selector)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def get_lease(self, name: str) -> Obj:
+        return await self._call("get leases", self.coordination.read_namespaced_lease, name,
+                                self.namespace)
+
+    async def create_lease(self, manifest: Obj) -> Obj:
+        return await self._call("create leases", self.coordination.create_namespaced_lease,
+                                self.namespace, manifest)
+
+    async def replace_lease(self, name: str, manifest: Obj) -> Obj:
+        return await self._call("replace leases", self.coordination.replace_namespaced_lease,
+                                name, self.namespace, manifest)
+
+    async def list_leases(self, selector: str) -> Obj:
+        return await self._call("list leases", self.coordination.list_namespaced_lease,
+                                self.namespace, label_selector=selector)
+
+    async def delete_lease(self, name: str) -> None:
+        with contextlib.suppress(Missing):
+            await self._call("delete leases", self.coordination.delete_namespaced_lease, name,
+                             self.namespace)
+
+    # -- network policies -----------------------------------------------------------------
+
+    async def apply_network_policy(self, manifest: Obj) -> None:
+        name = manifest["metadata"]["name"]
+        try:
+            await self._call("create networkpolicies",
+                             self.networking.create_namespaced_network_policy,
+                             self.namespace, manifest)
+        except Conflict:
+            await self._call("patch networkpolicies",
+                             self.networking.patch_namespaced_network_policy, name,
+                             self.namespace, manifest, _content_type=MERGE_PATCH)

@@ -1,0 +1,64 @@
+"""Why a worker pod failed, read from its status: the reasons an invocation reports."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+Obj = dict[str, Any]
+PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+
+
+def _container_status(pod: Obj) -> Obj:
+    statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+    return dict(statuses[0])
+
+
+def _age_s(pod: Obj) -> float:
+    created = pod.get("metadata", {}).get("creationTimestamp")
+    if not created:
+        return 0.0
+    return time.time() - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+
+
+def is_ready(pod: Obj) -> bool:
+    status = pod.get("status", {})
+    if status.get("phase") != "Running" or not status.get("podIP"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in status.get("conditions") or [])
+
+
+def start_failure(pod: Obj, *, pull_grace_s: float, unschedulable_after_s: float
+                  ) -> tuple[str, str] | None:
+    """A pod that will not start: (reason, message), or None while it still may."""
+    status = pod.get("status", {})
+    waiting = _container_status(pod).get("state", {}).get("waiting") or {}
+    if waiting.get("reason") in PULL_ERRORS and _age_s(pod) > pull_grace_s:
+        return "ImagePullFailed", (f"image {pod['spec']['containers'][0].get('image')!r} "
+                                   f"could not be pulled: {waiting.get('message') or ''}").strip()
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable" \
+                and _age_s(pod) > unschedulable_after_s:
+            return "Unschedulable", f"no node can run the worker: {cond.get('message', '')}"
+    return terminal_failure(pod)
+
+
+def terminal_failure(pod: Obj) -> tuple[str, str] | None:
+    """A pod that has ended without a report: (reason, message), or None if it has not."""
+    status = pod.get("status", {})
+    phase = status.get("phase")
+    if status.get("reason") == "Evicted":
+        return "Evicted", status.get("message") or "the worker pod was evicted"
+    if status.get("reason") == "DeadlineExceeded":
+        return "Timeout", "the worker Job passed its deadline (activeDeadlineSeconds)"
+    terminated = _container_status(pod).get("state", {}).get("terminated")
+    if terminated and terminated.get("reason") == "OOMKilled":
+        return "OOMKilled", "the worker was killed for using more memory than its limit"
+    if phase == "Failed":
+        code = terminated.get("exitCode") if terminated else None
+        return "PodFailed", f"the worker pod failed (exit code {code})"
+    if phase == "Succeeded":
+        return "WorkerLost", "the worker exited without reporting"
+    return None

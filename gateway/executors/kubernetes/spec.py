@@ -1,0 +1,147 @@
+"""The objects jobgate creates on Kubernetes, as manifests: the worker Job (hardened pod,
+single use) and the NetworkPolicies that fence workers in. Pure functions of the profile and
+the settings: per-call settings never appear here (they travel in the assignment), so any
+warm worker of a profile can take any call of that profile."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.config.profiles import Profile
+from gateway.config.settings import Settings
+
+Obj = dict[str, Any]
+MANAGED_BY = "app.kubernetes.io/managed-by"
+COMPONENT = "app.kubernetes.io/component"
+PROFILE = "jobgate.io/profile"
+STATE = "jobgate.io/state"
+INVOCATION = "jobgate.io/invocation"
+CLAIMED_BY = "jobgate.io/claimed-by"
+NETWORK = "jobgate.io/network"
+TOKEN_ENV = "JOBGATE_RUNNER_TOKEN"
+WORKER_UID = 1000
+WORKERS_SELECTOR = f"{MANAGED_BY}=jobgate,{COMPONENT}=worker"
+# How long a worker may exist past its longest possible run: the Job's deadline is only
+# a backstop behind the runner's own timeout and the pool's idle-age limit.
+DEADLINE_SLACK_S = 120
+
+
+def label_value(text: str) -> str:
+    """A valid label value (<= 63 characters of [A-Za-z0-9_.-], alphanumeric at the ends)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.")
+    return value or "x"
+
+
+def dns_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", text.lower()).strip("-")[:40] or "x"
+
+
+def worker_labels(profile: Profile) -> dict[str, str]:
+    labels = {MANAGED_BY: "jobgate", COMPONENT: "worker", PROFILE: label_value(profile.name),
+              STATE: "idle"}
+    if profile.network:
+        labels[NETWORK] = "allowed"
+    return labels
+
+
+def worker_job(profile: Profile, settings: Settings, *, name: str, token: str,
+               created_by: str) -> Obj:
+    labels = worker_labels(profile)
+    deadline = int(profile.pool.max_idle_age_s + profile.max_timeout_s + DEADLINE_SLACK_S)
+    port = settings.k8s_runner_port
+    container: Obj = {
+        "name": "runner",
+        "image": profile.image,
+        "imagePullPolicy": settings.k8s_image_pull_policy,
+        "args": ["serve"],
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "JOBGATE_RUNNER_BIND", "value": f"$(POD_IP):{port}"},
+            {"name": TOKEN_ENV, "value": token},
+            {"name": "JOBGATE_WORKSPACE_ROOT", "value": "/workspace"},
+            {"name": "JOBGATE_RUNNER_IDLE_TIMEOUT_S", "value": str(profile.pool.max_idle_age_s)},
+            {"name": "JOBGATE_RUNNER_PRELOAD", "value": "1" if profile.inprocess else "0"},
+        ],
+        "ports": [{"name": "runner", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": port},
+                           "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1},
+        "resources": {
+            "requests": {"cpu": f"{int(profile.default_cpu * 1000)}m",
+                         "memory": f"{profile.default_memory_mb}Mi"},
+            "limits": {"cpu": f"{int(profile.max_cpu * 1000)}m",
+                       "memory": f"{profile.max_memory_mb}Mi"},
+        },
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "privileged": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "workspace", "mountPath": "/workspace"},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": dict(labels),
+                     "annotations": {"jobgate.io/created-by": created_by}},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline,
+            "ttlSecondsAfterFinished": settings.k8s_job_ttl_s,
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 5,
+                    "securityContext": {
+                        "runAsNonRoot": True, "runAsUser": WORKER_UID,
+                        "runAsGroup": WORKER_UID, "fsGroup": WORKER_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "workspace",
+                         "emptyDir": {"sizeLimit": f"{profile.workspace_mb}Mi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _selector(entries: list[str]) -> dict[str, str]:
+    return dict(entry.split("=", 1) for entry in entries)
+
+
+def network_policies(settings: Settings) -> list[Obj]:
+    """Default deny for every worker: in only from gateway pods (to the runner port), out
+    only to gateway pods and, when configured, the object store (and DNS to find it).
+    Workers of profiles with network get a second, additive policy opening egress."""
+    gateway = {"podSelector": {"matchLabels": _selector(settings.k8s_gateway_selector)}}
+    workers = {"matchLabels": {MANAGED_BY: "jobgate", COMPONENT: "worker"}}
+    egress: list[Obj] = [{"to": [gateway]}]
+    if settings.k8s_egress_cidrs:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in settings.k8s_egress_cidrs]})
+        egress.append({"to": [{"namespaceSelector": {}}],
+                       "ports": [{"protocol": "UDP", "port": 53},
+                                 {"protocol": "TCP", "port": 53}]})
+    labels = {MANAGED_BY: "jobgate"}
+    return [
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "jobgate-workers-default-deny", "labels": labels},
+         "spec": {"podSelector": workers, "policyTypes": ["Ingress", "Egress"],
+                  "ingress": [{"from": [gateway],
+                               "ports": [{"protocol": "TCP",
+                                          "port": settings.k8s_runner_port}]}],
+                  "egress": egress}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "jobgate-workers-network-allowed", "labels": labels},
+         "spec": {"podSelector": {"matchLabels": {**workers["matchLabels"],
+                                                  NETWORK: "allowed"}},
+                  "policyTypes": ["Egress"], "egress": [{}]}},
+    ]
