@@ -1,4 +1,7 @@
-"""Session fixtures: one gateway per storage backend, shared by the invocation suite."""
+"""Session fixtures: one gateway per configuration (local, s3, kubernetes), shared by the
+invocation suite, which runs once against each. Tests that depend on how the local
+executor works inside (processes, uids) carry the ``local_only`` marker and run only
+against the configurations using it."""
 
 from __future__ import annotations
 
@@ -8,13 +11,62 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.backends import kubernetes_env, local_profiles_env, selected_configs
 from tests.support import KEY_A, KEY_B, CallbackReceiver, GatewayProcess
 
+pytest_plugins = ["tests.servers.seaweedfs", "tests.cluster.fixtures"]
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """The gateway on its embedded default: local executor, local storage."""
-    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "data").start()
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_only: needs the local executor's internals")
+
+
+def _config_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("gateway") if callspec else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """local_only tests are deselected (not skipped) for the Kubernetes configuration."""
+    keep, drop = [], []
+    for item in items:
+        if _config_of(item) == "kubernetes" and item.get_closest_marker("local_only"):
+            drop.append(item)
+        else:
+            keep.append(item)
+            if _config_of(item) == "kubernetes":
+                item.add_marker(pytest.mark.cluster)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The Kubernetes configuration needs the control plane: build its binaries (cold
+    cache) before the first test, outside any test's timeout."""
+    if session.config.option.collectonly:
+        return
+    if any(_config_of(item) == "kubernetes" for item in session.items):
+        from tests.cluster.binaries import find_bin_dir
+
+        find_bin_dir(build=True)
+
+
+@pytest.fixture(scope="session", params=selected_configs())
+def gateway(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    config: str = request.param
+    work = tmp_path_factory.mktemp(f"gw-{config}")
+    env: dict[str, str] = local_profiles_env(work)
+    if config in ("s3", "kubernetes"):
+        seaweedfs = request.getfixturevalue("seaweedfs")
+        env.update(seaweedfs.gateway_env(bucket=f"suite-{config}", prefix="jobgate"))
+    if config == "kubernetes":
+        cluster = request.getfixturevalue("k8s_cluster")
+        k8s, _namespace = kubernetes_env(cluster, work)
+        env.update(k8s)
+    gw = GatewayProcess(work / "data", env=env).start(timeout_s=120)
+    gw.config = config  # type: ignore[attr-defined]
     yield gw
     gw.stop()
 

@@ -313,6 +313,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     app = _app(request)
+    for verb, count in getattr(app.executor, "api_calls", {}).items():
+        app.metrics.k8s_api_calls.labels(verb).set(count)
     for pool in app.executor.pools():
         for state in ("idle", "starting", "busy", "queued"):
             app.metrics.pool_workers.labels(pool.profile, state).set(getattr(pool, state))

@@ -224,6 +224,14 @@ class InvocationService:
                 if live.cancel_requested or attempt == UNREACHABLE_RETRIES - 1:
                     raise
                 continue
+            except WorkerLost:
+                # The answer was lost, but the worker may have stored its report first.
+                stored = None
+                if assignment.uploads is not None and not live.cancel_requested:
+                    stored = await self._stored_report(record)
+                if stored is None:
+                    raise
+                report = stored
             prepare = report.timings.get("prepare_ms", 0.0)
             run_ms = report.timings.get("run_ms")
             record.timings.start_ms = round((time.monotonic() - claimed) * 1000

@@ -40,5 +40,9 @@ class Metrics:
         self.http_duration = Histogram(
             "jobgate_http_request_duration_seconds", "HTTP request duration",
             ["method", "route"], buckets=PHASE_BUCKETS, registry=r)
+        self.k8s_api_calls = Gauge(
+            "jobgate_kubernetes_api_calls", "Kubernetes API calls made by this replica, by "
+            "verb and resource (writes per invocation = create+patch+delete per invocation)",
+            ["verb"], registry=r)
         self.janitor_deleted = Counter(
             "jobgate_janitor_deleted_objects", "Objects deleted by the janitor", registry=r)

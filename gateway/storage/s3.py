@@ -278,7 +278,8 @@ class S3Store(ObjectStore):
         upload, ValueError); without one the file is hashed first, in a thread."""
         size = (await asyncio.to_thread(os.stat, path)).st_size
         if size < self.settings.s3_multipart_threshold_bytes:
-            # Below the threshold (16 MiB by default) one PUT of the bytes is cheapest.
+            # Below the threshold (16 MiB by default) one PUT is cheapest, and memory
+            # holds at most that much.
             def read() -> tuple[bytes, str]:
                 data = Path(path).read_bytes()
                 return data, hashlib.sha256(data).hexdigest()
@@ -468,9 +469,11 @@ class S3Store(ObjectStore):
 
     # -- presigned URLs -------------------------------------------------------------------
 
-    def _ttl(self, expires_s: int) -> int:
-        """s3_presign_ttl_s is the longest a URL jobgate hands out may live."""
-        return max(1, min(expires_s, self.settings.s3_presign_ttl_s, _MAX_PRESIGN_S))
+    @staticmethod
+    def _ttl(expires_s: int) -> int:
+        """The caller's lifetime (a worker's report URL must outlive its run), within
+        what SigV4 allows."""
+        return max(1, min(expires_s, _MAX_PRESIGN_S))
 
     async def presign_get(self, key: str, *, expires_s: int, filename: str | None = None
                           ) -> str | None:

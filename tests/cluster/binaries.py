@@ -12,7 +12,9 @@ Search order:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -71,19 +73,36 @@ def run_build(*, check_only: bool = False) -> Path:
         checked = subprocess.run(["bash", str(BUILD_SCRIPT), "--check"], check=False)
         if checked.returncode != 0:
             raise BinariesError("the Kubernetes binaries are not built: run `make k8s-bins`")
+    # Its own session: on timeout or Ctrl-C the whole build (go and its compilers) stops,
+    # not just the script; the script's trap then removes its temp dir.
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT), "--print-dir"],
+        stdout=subprocess.PIPE, stderr=None, text=True,  # stderr: inherited fd 2
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            ["bash", str(BUILD_SCRIPT), "--print-dir"],
-            stdout=subprocess.PIPE, stderr=None, text=True,  # stderr: inherited fd 2
-            timeout=BUILD_TIMEOUT_S, check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BinariesError(f"{BUILD_SCRIPT} ran over {BUILD_TIMEOUT_S:.0f}s") from exc
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise BinariesError(f"{BUILD_SCRIPT} failed (exit {done.returncode}); see its build.log")
+        out, _ = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except BaseException as exc:
+        _stop_group(proc)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BinariesError(f"{BUILD_SCRIPT} ran over {BUILD_TIMEOUT_S:.0f}s") from exc
+        raise
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise BinariesError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}); see its build.log")
     directory = Path(lines[-1])
     missing = missing_in(directory)
     if missing:
         raise BinariesError(f"{directory} lacks {', '.join(missing)} after the build")
     return directory
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

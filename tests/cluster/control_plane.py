@@ -52,7 +52,27 @@ CONTROLLERS = ",".join((
     "cronjob-controller",
 ))
 
+WORK_PREFIX = "jobgate-k8s-"
+KEEP_ENV = "JOBGATE_K8S_KEEP_WORK_DIR"  # set to keep logs and etcd data for a post-mortem
+OWNER_FILE = "owner.pid"
+
 T = TypeVar("T")
+
+
+def remove_stale_work_dirs() -> None:
+    """Removes temp dirs of harnesses that died without cleaning up (SIGKILL, OOM): their
+    processes died with them (PDEATHSIG), their files did not."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"):
+        try:
+            owner = int((directory / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -89,8 +109,11 @@ class TestControlPlane:
         cls, bin_dir: Path, work_dir: Path | None = None, image_map_path: Path | None = None
     ) -> TestControlPlane:
         owns = work_dir is None
-        work = Path(tempfile.mkdtemp(prefix="jobgate-k8s-")) if work_dir is None else work_dir
+        if owns:
+            remove_stale_work_dirs()
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX)) if work_dir is None else work_dir
         work.mkdir(parents=True, exist_ok=True)
+        (work / OWNER_FILE).write_text(str(os.getpid()))
         plane = cls(bin_dir, work, image_map_path or work / "image-map.json", owns_work_dir=owns)
         try:
             plane._start()
@@ -229,7 +252,7 @@ class TestControlPlane:
         for proc in reversed(self.processes):
             proc.stop(grace=15.0 if proc.name == "node-agent" else 10.0)
         self.processes.clear()
-        if self.owns_work_dir:
+        if self.owns_work_dir and not os.environ.get(KEEP_ENV):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def __enter__(self) -> TestControlPlane:

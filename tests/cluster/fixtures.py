@@ -28,6 +28,16 @@ IMAGE_MAP_ENV = "JOBGATE_TEST_IMAGE_MAP"
 FIXTURE = "k8s_cluster"
 
 
+def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal, past pytest's output capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.write_line(line)
+
+
 def _needs_cluster(items: list[pytest.Item]) -> bool:
     return any(FIXTURE in getattr(item, "fixturenames", ()) for item in items)
 
@@ -45,16 +55,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not _needs_cluster(session.items):
         return
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     try:
         find_bin_dir(build=False)
         return
     except BinariesError:
         pass
-    if reporter is not None:
-        reporter.write_line("test control plane: building the Kubernetes binaries "
-                            "(cold cache; see docs/testing.md for how long)")
+    _say(config, "test control plane: building the Kubernetes binaries "
+                 "(cold cache: about 8 min on 2 cores; see docs/testing.md)")
     # Show the build's progress live instead of holding it in pytest's capture.
     guard = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with guard:
@@ -79,10 +87,8 @@ def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[K8sCluster]:
     plane = TestControlPlane.start(
         find_bin_dir(build=True), image_map_path=Path(image_map) if image_map else None
     )
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"test control plane: started in {plane.started_in_s:.1f}s "
-                            f"at {plane.server}")
+    _say(request.config, f"test control plane: started in {plane.started_in_s:.1f}s "
+                         f"at {plane.server}")
     try:
         yield K8sCluster.from_plane(plane)
     finally:

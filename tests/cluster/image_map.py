@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,19 +106,31 @@ class ImageMap:
             return True
         return any(name in self.fail_pull for name in image_names(image))
 
-    def resolve(self, image: str, command: list[str], args: list[str]) -> Resolved:
-        """The argv, image env and working dir for a container, Kubernetes-style."""
+    def resolve(
+        self, image: str, command: list[str], args: list[str],
+        pod_word: Callable[[str], str] = str,
+    ) -> Resolved:
+        """The argv, image env and working dir for a container, Kubernetes-style.
+
+        pod_word transforms the words the pod gave ($(VAR) expansion, mount paths); the
+        image map's own words are local paths already and stay as they are.
+        """
         entry = self.lookup(image) or ImageEntry()
+        # Kubernetes: command replaces ENTRYPOINT (and drops CMD); args replace CMD.
         if command:
-            argv = command + args
+            argv = [pod_word(w) for w in command + args]
         else:
-            argv = list(entry.entrypoint) + (args or list(entry.cmd))
+            argv = list(entry.entrypoint) + ([pod_word(w) for w in args] or list(entry.cmd))
         if not argv:
             raise NoCommand(
                 f"image {image!r} is not in the test image map and the container has no command"
             )
         argv = [entry.rewrite.get(word, word) for word in argv]
         return Resolved(argv, dict(entry.env), entry.working_dir)
+
+    def image_env(self, image: str) -> dict[str, str]:
+        entry = self.lookup(image)
+        return dict(entry.env) if entry else {}
 
 
 def _entry(value: Any) -> ImageEntry:

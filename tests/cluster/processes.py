@@ -98,10 +98,8 @@ class ManagedProcess:
         pgid = self.popen.pid  # leader of its own session, so pgid == pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         # Whatever is left in the group (the leader or its children) goes now.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)

@@ -61,6 +61,14 @@ def condition(obj: JSON, kind: str) -> JSON | None:
     return None
 
 
+def is_file(path: Path) -> bool:
+    return path.is_file()
+
+
+def is_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
 def process_alive(pid: int, needle: bytes) -> bool:
     """True if pid is still the process whose command line holds `needle`."""
     try:
@@ -222,3 +230,181 @@ async def test_field_validation_rejects_a_malformed_job(kube: KubeClient, ns: st
     with pytest.raises(KubeError) as rejected:
         await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", invalid)
     assert (rejected.value.status, rejected.value.reason) == (422, "Invalid")
+
+
+# -- What the Kubernetes executor relies on beyond the issue's five ---------------------------
+
+
+def pod(name: str, command: list[str], labels: dict[str, str] | None = None,
+        **spec: Any) -> JSON:
+    container = {"name": "main", "image": "busybox", "command": command,
+                 **spec.pop("container", {})}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
+                     "containers": [container], **spec}}
+
+
+async def wait_phase(kube: KubeClient, ns: str, name: str, *phases: str) -> JSON:
+    async def reached() -> JSON | None:
+        found = await kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+        return found if found["status"].get("phase") in phases else None
+    return await eventually(f"pod {name} to reach {phases}", reached)
+
+
+async def test_unpullable_image_waits_and_never_starts(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    if k8s_cluster.local:  # on a real cluster, neither image exists anywhere anyway
+        k8s_cluster.fail_pull("example.com/private/tool")
+    for name, image in (("marked", "jobgate-test/unpullable:1"),
+                        ("listed", "example.com/private/tool:2.0")):
+        await kube.create(f"/api/v1/namespaces/{ns}/pods",
+                          pod(name, ["sh", "-c", "echo must-not-run"],
+                              container={"image": image}))
+        seen: list[str] = []
+
+        async def backoff(name: str = name, seen: list[str] = seen) -> bool:
+            found = await kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+            state = (found["status"].get("containerStatuses") or [{}])[0].get("state", {})
+            reason = state.get("waiting", {}).get("reason")
+            assert "running" not in state and "terminated" not in state, state
+            # ContainerCreating may come first, as on a kubelet before it pulls.
+            if reason in ("ErrImagePull", "ImagePullBackOff") and reason not in seen:
+                seen.append(reason)
+            return bool(reason == "ImagePullBackOff")
+        await eventually("ImagePullBackOff", backoff)
+        assert seen[:2] == ["ErrImagePull", "ImagePullBackOff"]
+        assert (await kube.get(f"/api/v1/namespaces/{ns}/pods/{name}"))["status"]["phase"] \
+            == "Pending"
+
+
+async def test_failure_reports_exit_code_and_reason(kube: KubeClient, ns: str) -> None:
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", pod("fails", ["sh", "-c", "exit 3"]))
+    found = await wait_phase(kube, ns, "fails", "Succeeded", "Failed")
+    assert found["status"]["phase"] == "Failed"
+    terminated = found["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
+    assert terminated["startedAt"] and terminated["finishedAt"]
+
+
+async def test_memory_limit_is_enforced_as_oomkilled(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    hog = "x = bytearray(300 * 1024 * 1024); import time; time.sleep(60)"
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", pod(
+        "hog", [sys.executable, "-c", hog],
+        container={"resources": {"limits": {"memory": "64Mi"}}}))
+    found = await wait_phase(kube, ns, "hog", "Succeeded", "Failed")
+    terminated = found["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled")
+
+
+async def test_readiness_waits_for_the_probe_and_volumes_are_materialized(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    await kube.create(f"/api/v1/namespaces/{ns}/configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+        "data": {"greeting": "hello from a configmap"}})
+    await kube.create(f"/api/v1/namespaces/{ns}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "stringData": {"TOKEN": "s3cret"}})
+    script = (
+        'cat /etc/settings/greeting; echo; echo "token=$TOKEN name=$MY_NAME ip=$MY_IP"; '
+        'echo "ws=$JOBGATE_WORKSPACE_ROOT vol=$KUBE_TEST_VOLUME_WORK"; cat /etc/info/labels; '
+        'echo "tmp=$TMPDIR scratch=$KUBE_TEST_VOLUME_SCRATCH home=$HOME"; '
+        "sleep 1.5; touch /workspace/ready; exec sleep 300"
+    )
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", pod(
+        "vols", ["sh", "-c", script], labels={"app": "vols"},
+        volumes=[
+            {"name": "work", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "settings", "configMap": {"name": "settings"}},
+            {"name": "info", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        ],
+        container={
+            "envFrom": [{"secretRef": {"name": "creds"}}],
+            "env": [
+                {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            ],
+            "volumeMounts": [
+                {"name": "work", "mountPath": "/workspace"},
+                {"name": "scratch", "mountPath": "/tmp"},  # agent paths under /tmp unharmed
+                {"name": "settings", "mountPath": "/etc/settings"},
+                {"name": "info", "mountPath": "/etc/info"},
+            ],
+            "readinessProbe": {"exec": {"command": ["test", "-f", "/workspace/ready"]},
+                               "periodSeconds": 1},
+        },
+    ))
+
+    running = await wait_phase(kube, ns, "vols", "Running")
+    assert condition(running, "Ready") is None, "Ready before its probe passed"
+
+    async def ready() -> JSON | None:
+        found = await kube.get(f"/api/v1/namespaces/{ns}/pods/vols")
+        return found if condition(found, "Ready") else None
+    found = await eventually("the readiness probe to pass", ready)
+    log = await kube.text(f"/api/v1/namespaces/{ns}/pods/vols/log")
+    lines = log.splitlines()
+    assert lines[0] == "hello from a configmap"
+    assert lines[1] == f"token=s3cret name=vols ip={found['status']['podIP']}"
+    workspace, volume = lines[2].removeprefix("ws=").split(" vol=")
+    assert workspace == volume and is_file(Path(workspace, "ready"))
+    assert lines[3] == 'app="vols"'
+    tmp, rest = lines[4].removeprefix("tmp=").split(" scratch=")
+    scratch, home = rest.split(" home=")
+    assert tmp == scratch and is_dir(Path(tmp)) and is_dir(Path(home))
+
+
+async def test_pod_deletion_kills_the_whole_process_tree(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    # The background sleep starts its own session, out of reach of a process-group kill.
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", pod(
+        "tree", ["sh", "-c", "setsid sleep 3172 & echo started; exec sleep 3173"]))
+    await wait_phase(kube, ns, "tree", "Running")
+
+    def pids(needle: bytes) -> list[int]:
+        return [int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and process_alive(int(p.name), needle)]
+
+    async def both_started() -> bool:
+        return bool(pids(b"3172")) and bool(pids(b"3173"))
+    await eventually("both processes", both_started)
+    await kube.delete(f"/api/v1/namespaces/{ns}/pods/tree")
+
+    async def deleted() -> bool:
+        return await get_or_none(kube, f"/api/v1/namespaces/{ns}/pods/tree") is None
+    await eventually("the pod object to go", deleted, within=30)
+    assert not pids(b"3172") and not pids(b"3173")
+
+
+async def test_service_account_kubeconfig_has_exactly_its_role(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    await kube.create(f"/api/v1/namespaces/{ns}/serviceaccounts", {
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}})
+    await kube.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]})
+    await kube.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]})
+
+    path = k8s_cluster.kubeconfig_for_service_account(ns, "reader")
+    async with await KubeClient.from_kubeconfig(path) as reader:
+        assert (await reader.get(f"/api/v1/namespaces/{ns}/pods"))["items"] == []
+        for forbidden in (f"/api/v1/namespaces/{ns}/secrets", "/api/v1/namespaces/default/pods"):
+            with pytest.raises(KubeError) as denied:
+                await reader.get(forbidden)
+            assert denied.value.status == 403

@@ -26,12 +26,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aioboto3
 import httpx
 import pytest
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from gateway.config.settings import Settings
 
 # Each weed component listens on its HTTP port and on gRPC at port + 10000. Ports are
 # drawn from 20000-22767 so both stay below the kernel's ephemeral range (32768+), where
@@ -39,6 +43,8 @@ from botocore.credentials import Credentials
 _PORT_LOW, _PORT_HIGH, _GRPC_OFFSET = 20000, 22767, 10000
 _COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 _PR_SET_PDEATHSIG = 1
+# Readiness writes and reads an object here (never used by tests).
+_PROBE_BUCKET = "jobgate-fixture-probe"
 
 
 def weed_binary() -> Path:
@@ -96,6 +102,10 @@ class SeaweedFS:
         self.access_key = access_key
         self.secret_key = secret_key or os.urandom(20).hex()
         self.region = region
+        # A read-only identity: SeaweedFS refuses it bucket configuration (lifecycle
+        # rules need its Write action), so tests can see a store refuse a rule.
+        self.reader_access_key = "jobgate-test-reader"
+        self.reader_secret_key = os.urandom(20).hex()
         self.ports = _pick_ports()
         self.log_path = base_dir / "weed.log"
         self.config_path = base_dir / "s3.json"
@@ -121,16 +131,22 @@ class SeaweedFS:
             f"-filer.port={p['filer']}", f"-s3.port={p['s3']}", f"-admin.port={p['admin']}",
             f"-filer.localSocket={self._sock_dir / 'filer.sock'}",
             f"-s3.localSocket={self._sock_dir / 's3.sock'}",
-            # Small volumes: each bucket is a collection that grows several volumes.
-            "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0",
+            # mini sizes volumes from the free disk (up to 1 GiB); tests need little.
+            "-master.volumeSizeLimitMB=256",
+            "-volume.preStopSeconds=0",  # stop at once: no load balancer to drain
+
         ]
 
     def _write_config(self) -> None:
-        config = {"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}
+        config = {"identities": [
+            {"name": "admin",
+             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "reader",
+             "credentials": [{"accessKey": self.reader_access_key,
+                              "secretKey": self.reader_secret_key}],
+             "actions": ["Read", "List"]},
+        ]}
         self.config_path.write_text(json.dumps(config))
         self.config_path.chmod(0o600)
 
@@ -147,7 +163,7 @@ class SeaweedFS:
             self.proc = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.base_dir, start_new_session=True,
-                preexec_fn=_die_with_parent)  # noqa: PLW1509 - started from the main thread
+                preexec_fn=_die_with_parent)
         deadline = began + timeout_s
         while not self.ready():
             if self.proc.poll() is not None:
@@ -160,10 +176,19 @@ class SeaweedFS:
         return self
 
     def ready(self) -> bool:
-        """Ready = a signed ListBuckets answers 200: S3 is up, talks to the filer, and
-        has loaded our identity (an unsigned probe would pass before the latter)."""
+        """Ready = a signed write and read-back of an object succeed. An answer on the
+        port is not enough: right after a restart S3 answers (even ListBuckets) before
+        the volume server has re-registered, and object reads fail with InternalError."""
+        body = os.urandom(16)
         try:
-            return self.request("GET", "/", timeout_s=2.0).status_code == 200
+            if self.request("PUT", f"/{_PROBE_BUCKET}", timeout_s=2.0).status_code \
+                    not in (200, 409):  # 409: the bucket exists (a restart)
+                return False
+            path = f"/{_PROBE_BUCKET}/ready"
+            if self.request("PUT", path, body=body, timeout_s=2.0).status_code != 200:
+                return False
+            r = self.request("GET", path, timeout_s=2.0)
+            return r.status_code == 200 and r.content == body
         except httpx.HTTPError:
             return False
 
@@ -183,10 +208,8 @@ class SeaweedFS:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -224,7 +247,7 @@ class SeaweedFS:
         if sign:
             creds = Credentials(self.access_key, secret_key or self.secret_key)
             req = AWSRequest(method=method, url=url, data=body)
-            SigV4Auth(creds, "s3", self.region).add_auth(req)
+            S3SigV4Auth(creds, "s3", self.region).add_auth(req)
             headers = dict(req.headers.items())
         return httpx.request(method, url, content=body, headers=headers, timeout=timeout_s)
 
@@ -244,6 +267,23 @@ class SeaweedFS:
             "AWS_SESSION_TOKEN": "",  # a developer's own token must not ride along
             "AWS_EC2_METADATA_DISABLED": "true",  # never probe 169.254.169.254
         }
+
+    def store_settings(self, bucket: str, prefix: str, **overrides: Any) -> Settings:
+        """The same configuration as gateway_env, for an S3Store in the test process."""
+        values: dict[str, Any] = {
+            "storage": "s3", "s3_endpoint": self.endpoint, "s3_bucket": bucket,
+            "s3_prefix": prefix, "s3_region": self.region, "s3_addressing": "path",
+            "s3_create_bucket": True, **overrides}
+        return Settings(**values)
+
+    def session(self, *, reader: bool = False) -> aioboto3.Session:
+        """Credentials for an in-process store (a gateway process reads its env)."""
+        if reader:
+            key, secret = self.reader_access_key, self.reader_secret_key
+        else:
+            key, secret = self.access_key, self.secret_key
+        return aioboto3.Session(aws_access_key_id=key, aws_secret_access_key=secret,
+                                region_name=self.region)
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,19 @@ class Missing(Exception):
     """404."""
 
 
+def _raise_for_status(status: int, data: bytes) -> None:
+    """kubernetes-asyncio raises on an error status only when it parses the body itself;
+    with raw responses (``_preload_content=False``) that is ours to do. Without it, a 409 on
+    a claim would read as a successful claim."""
+    if 200 <= status < 300:
+        return
+    try:
+        reason = str(orjson.loads(data).get("message", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        reason = data[:200].decode(errors="replace")
+    raise _translate(ApiException(status=status, reason=reason))
+
+
 def _translate(e: ApiException) -> Exception:
     if e.status == 409:
         return Conflict(str(e.reason))
@@ -78,6 +91,7 @@ class KubeApi:
         try:
             resp = await fn(*args, _preload_content=False, **kwargs)
             data = await resp.read()
+            _raise_for_status(resp.status, data)
         except ApiException as e:
             raise _translate(e) from None
         except (TimeoutError, OSError) as e:
@@ -107,6 +121,10 @@ class KubeApi:
             raise _translate(e) from None
         except OSError as e:
             raise ExecutorUnavailable(f"the Kubernetes API is unreachable: {e!r}") from e
+        if resp.status != 200:
+            data = await resp.read()
+            resp.release()
+            _raise_for_status(resp.status, data)
         try:
             while line := await resp.content.readline():
                 event: Obj = orjson.loads(line)
@@ -133,10 +151,6 @@ class KubeApi:
         with contextlib.suppress(Missing):
             await self._call("delete jobs", self.batch.delete_namespaced_job, name,
                              self.namespace, propagation_policy="Background")
-
-    async def list_jobs(self, selector: str) -> Obj:
-        return await self._call("list jobs", self.batch.list_namespaced_job, self.namespace,
-                                label_selector=selector)
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ Obj = dict[str, Any]
 # Claims by a replica that is gone, on a worker that still answers (never got its
 # assignment), are released after this long.
 ORPHAN_CLAIM_GRACE_S = 15.0
+# Surplus idle workers are retired only once they have been idle this long: a burst's
+# fresh workers are wanted by callers on other replicas that this one cannot see.
+SURPLUS_IDLE_AFTER_S = 30.0
 LOST_POD_SETTLE_S = 5.0
 
 
@@ -222,8 +225,7 @@ class KubernetesExecutor(Executor):
     def _starting(self, pool: ProfilePool) -> list[Obj]:
         return [p for p in self.tracker.pods.values()
                 if _labels(p).get(PROFILE) == pool.label and _labels(p).get(STATE) == "idle"
-                and not p["metadata"].get("deletionTimestamp") and not is_ready(p)
-                and terminal_failure(p) is None]
+                and not is_ready(p) and terminal_failure(p) is None]
 
     async def _try_claim(self, pool: ProfilePool, invocation_hint: str) -> Worker | None:
         assert self.api is not None
@@ -295,8 +297,11 @@ class KubernetesExecutor(Executor):
                     raise WorkerStartFailed(failure[1], reason=failure[0])
 
     def _start_failure_of(self, job: str) -> tuple[str, str] | None:
+        """Why the worker this call started will never start. Only while it is unclaimed:
+        any waiting call may take any ready worker, so once another call claimed it, what
+        happens to it is that call's business."""
         for pod in self.tracker.pods.values():
-            if _job_of(pod) == job:
+            if _job_of(pod) == job and _labels(pod).get(STATE) == "idle":
                 return start_failure(
                     pod, pull_grace_s=self.settings.k8s_image_pull_grace_s,
                     unschedulable_after_s=self.settings.k8s_unschedulable_after_s)
@@ -343,6 +348,10 @@ class KubernetesExecutor(Executor):
                                                                  LOST_POD_SETTLE_S)
                         raise WorkerLost(message, reason=reason) from e
                     raise
+            # The pod ended first. A worker that reports exits right after: its answer may
+            # still be on the way, so give it a moment before calling the worker lost.
+            with contextlib.suppress(TimeoutError, WorkerLost):
+                return await asyncio.wait_for(asyncio.shield(call), LOST_POD_SETTLE_S)
             call.cancel()
             reason, message = gone.result()
             raise WorkerLost(message, reason=reason)
@@ -400,13 +409,14 @@ class KubernetesExecutor(Executor):
                     await self.api.delete_job(job)
             max_age = pool.profile.pool.max_idle_age_s
             for pod in idle:
-                if now - _created(pod) > max_age and (job := _job_of(pod)):
-                    await self.api.delete_job(job)
+                if now - _created(pod) > max_age:
+                    await self._retire(pod)
             target = pool.target_idle()
             surplus = len(idle) - max(target, pool.profile.pool.max)
-            for pod in sorted(idle, key=_created)[:max(0, surplus)]:
-                if job := _job_of(pod):
-                    await self.api.delete_job(job)
+            settled = [p for p in sorted(idle, key=_created)
+                       if now - _created(p) > SURPLUS_IDLE_AFTER_S]
+            for pod in settled[:max(0, surplus)]:
+                await self._retire(pod)
             need = target - len(idle) - len(starting) - pool.creating
             if pool.failures:
                 need = min(need, 1)  # a profile that fails to start is retried slowly
@@ -415,6 +425,19 @@ class KubernetesExecutor(Executor):
                     break
                 self._spawn(self._create_worker(pool))
         await self._release_orphaned_claims(now)
+
+    async def _retire(self, pod: Obj) -> None:
+        """Delete an idle worker, taking it through the same lock as a claim: a pod some
+        replica claimed a moment ago (our cache may not show it yet) is left alone."""
+        assert self.api is not None
+        patch = {"metadata": {"resourceVersion": pod["metadata"]["resourceVersion"],
+                              "labels": {STATE: "retiring"}}}
+        try:
+            await self.api.patch_pod(_name(pod), patch)
+        except (Conflict, Missing):
+            return
+        if job := _job_of(pod):
+            await self.api.delete_job(job)
 
     async def _release_orphaned_claims(self, now: float) -> None:
         """Claims of replicas that are gone, on workers still ready (the assignment never

@@ -49,6 +49,9 @@ def terminal_failure(pod: Obj) -> tuple[str, str] | None:
     """A pod that has ended without a report: (reason, message), or None if it has not."""
     status = pod.get("status", {})
     phase = status.get("phase")
+    if pod.get("metadata", {}).get("deletionTimestamp") and phase != "Succeeded":
+        # Deleted (by an operator, a cancel, a drain): whatever it says on its way out.
+        return "WorkerLost", "the worker pod was deleted"
     if status.get("reason") == "Evicted":
         return "Evicted", status.get("message") or "the worker pod was evicted"
     if status.get("reason") == "DeadlineExceeded":

@@ -6,15 +6,17 @@ address), the image map's env, the agent's extras (POD_IP, KUBE_TEST_VOLUME_<NAM
 volume, JOBGATE_WORKSPACE_ROOT), then the pod's envFrom and env. ``$(VAR)`` references in
 env, command and args expand as in Kubernetes.
 
-Mounts: a process cannot see a volume at its mountPath, so every word of env values,
-command, args and workingDir that names a mount path (``/workspace``, ``/workspace/x``,
-``--dir=/workspace``) is rewritten to the volume's directory.
+Mounts: a process cannot see a volume at its mountPath, so every word the pod wrote
+(literal env values, command, args, workingDir, exec probes) that names a mount path
+(``/workspace``, ``/workspace/x``, ``--dir=/workspace``) is rewritten to the volume's
+directory. What the agent provides (HOME, volume directories, the image map's command) is
+a host path already and is left alone. A volume mounted at /tmp also becomes TMPDIR.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from tests.cluster.node_agent.objects import ObjectSource, field_value, resource
 from tests.cluster.node_agent.volumes import volume_env_name
 
 WORKSPACE_MOUNT = "/workspace"
+TMP_MOUNT = "/tmp"
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -40,27 +43,24 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _REF.sub(sub, text)
 
 
-def _constant(value: str) -> Callable[[re.Match[str]], str]:
-    return lambda _match: value
-
-
 class MountRewriter:
-    """Replaces mount paths with the directories standing in for them."""
+    """Replaces mount paths with the directories standing in for them, in one pass (a
+    replacement is never rewritten again, even when it lies under another mount path)."""
 
     def __init__(self, mounts: Mapping[str, Path]) -> None:
+        self.mounts = {path.rstrip("/") or "/": str(local) for path, local in mounts.items()}
         # Longest first, so /data/cache wins over /data.
-        self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
-        self._patterns = [
-            (re.compile(r"(?<![\w./-])" + re.escape(path.rstrip("/")) + r"(?=/|$|[^\w.-])"),
-             str(local))
-            for path, local in self.mounts
-        ]
+        paths = sorted(self.mounts, key=len, reverse=True)
+        self._pattern = (
+            re.compile(r"(?<![\w./-])(" + "|".join(re.escape(p) for p in paths)
+                       + r")(?=/|$|[^\w.-])")
+            if paths else None
+        )
 
     def __call__(self, text: str) -> str:
-        for pattern, local in self._patterns:
-            # A function, not a template: a directory name must never be read as "\\1".
-            text = pattern.sub(_constant(local), text)
-        return text
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(lambda match: self.mounts[match.group(1)], text)
 
 
 def container_mounts(container: JSON, volume_dirs: Mapping[str, Path]) -> dict[str, Path]:
@@ -96,8 +96,13 @@ async def build_env(
     for name, directory in ctx.volume_dirs.items():
         env[volume_env_name(name)] = str(directory)
     for mount in container.get("volumeMounts") or []:
-        if mount["mountPath"].rstrip("/") == WORKSPACE_MOUNT and mount["name"] in ctx.volume_dirs:
-            env["JOBGATE_WORKSPACE_ROOT"] = str(rewrite(WORKSPACE_MOUNT))
+        path = mount["mountPath"].rstrip("/")
+        if mount["name"] not in ctx.volume_dirs:
+            continue
+        if path == WORKSPACE_MOUNT:
+            env["JOBGATE_WORKSPACE_ROOT"] = rewrite(WORKSPACE_MOUNT)
+        elif path == TMP_MOUNT:
+            env["TMPDIR"] = rewrite(TMP_MOUNT)
     namespace = ctx.pod["metadata"]["namespace"]
     # What $(VAR) may reference, as the kubelet's: envFrom, then env entries seen so far.
     scope: dict[str, str] = {}
@@ -118,19 +123,21 @@ async def build_env(
             scope[prefix + key] = raw.decode(errors="replace")
 
     for var in container.get("env") or []:
-        value = await _env_value(ctx, container, var, scope)
+        value = await _env_value(ctx, container, var, scope, rewrite)
         if value is not None:
             scope[var["name"]] = value
     env.update(scope)
-    return {k: rewrite(v) for k, v in env.items()}
+    return env
 
 
 async def _env_value(
-    ctx: EnvContext, container: JSON, var: JSON, scope: Mapping[str, str]
+    ctx: EnvContext, container: JSON, var: JSON, scope: Mapping[str, str],
+    rewrite: MountRewriter,
 ) -> str | None:
     namespace = ctx.pod["metadata"]["namespace"]
     if "valueFrom" not in var:
-        return expand(var.get("value", ""), scope)
+        # Rewritten before expansion: what $(VAR) brings in is a host path already.
+        return expand(rewrite(var.get("value", "")), scope)
     source = var["valueFrom"]
     if "fieldRef" in source:
         return field_value(ctx.pod, source["fieldRef"]["fieldPath"], ctx.pod_ip, ctx.host_ip)

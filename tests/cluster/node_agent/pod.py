@@ -52,6 +52,7 @@ class Prepared:
     env: dict[str, str]
     cwd: Path
     memory_limit_bytes: int
+    rewrite: MountRewriter
 
 
 class PodStopped(Exception):
@@ -117,12 +118,22 @@ class PodWorker:
             # The agent is shutting down: nothing of the pod may outlive it.
             await self._kill_all(grace=0)
             raise
-        except Exception:
+        except Exception as exc:  # any bug here must fail the pod, never the whole agent
+            # Failing the pod (not forgetting it) keeps the agent from starting it again.
             self.ctx.log.exception("pod %s/%s: worker failed", self.namespace, self.name)
             await self._kill_all(grace=0)
+            self.phase, self.reason = "Failed", "TestNodeAgentError"
+            self.message = f"test node agent: {exc!r}"
+            with contextlib.suppress(Exception):
+                self._refresh_ready()
+                await self._finalize()
         finally:
             for task in self._probes.values():
                 task.cancel()
+            # Never drop a live run: asyncio would SIGKILL the shim when its transport is
+            # collected, and the shim could not clean up after its processes.
+            await asyncio.gather(*(s.run.kill() for s in self._all_states() if s.run),
+                                 return_exceptions=True)
             remove_tree(self.dir)
 
     async def _live(self) -> None:
@@ -199,10 +210,10 @@ class PodWorker:
                 return prepared
             except VolumeNotReady as exc:
                 self._all_waiting("ContainerCreating", f"test node agent: {exc}")
-            except EnvNotReady as exc:
-                self._all_waiting("CreateContainerConfigError", str(exc))
             except NoCommand as exc:
                 self._all_waiting("CreateContainerError", str(exc))
+            except (EnvNotReady, ValueError) as exc:  # ValueError: an unsupported field
+                self._all_waiting("CreateContainerConfigError", str(exc))
             except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
                 self._all_waiting("ContainerCreating", f"test node agent: API error: {exc}")
             await self._publish()
@@ -211,22 +222,25 @@ class PodWorker:
     async def _prepare_container(
         self, container: JSON, image_map: ImageMap, volume_dirs: dict[str, Path]
     ) -> Prepared:
-        resolved = image_map.resolve(
-            container["image"], container.get("command") or [], container.get("args") or []
-        )
         rewrite = MountRewriter(container_mounts(container, volume_dirs))
         base = dict(self.ctx.base_env)
         base.update(HOME=str(self.dir / "home"), TMPDIR=str(self.dir / "tmp"), HOSTNAME=self.name)
         env = await build_env(
             EnvContext(self.pod, self.pod_ip, self.ctx.host_ip, self.ctx.capacity, base,
                        volume_dirs, self.ctx.objects),
-            container, resolved.env, rewrite,
+            container, image_map.image_env(container["image"]), rewrite,
         )
-        argv = [rewrite(expand(word, env)) for word in resolved.argv]
+        # Mount paths are rewritten in what the pod wrote, before $(VAR) brings in values
+        # that are host paths already.
+        resolved = image_map.resolve(
+            container["image"], container.get("command") or [], container.get("args") or [],
+            lambda word: expand(rewrite(word), env),
+        )
+        argv = resolved.argv
         cwd = self._working_dir(container.get("workingDir") or resolved.working_dir, rewrite)
         limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
         memory = int(parse_quantity(limit)) if limit else 0
-        return Prepared(container, argv, env, cwd, memory)
+        return Prepared(container, argv, env, cwd, memory, rewrite)
 
     def _working_dir(self, workdir: str | None, rewrite: MountRewriter) -> Path:
         """The process's directory: workingDir on the host (mounts rewritten), else the same
@@ -348,7 +362,8 @@ class PodWorker:
         need_fail = int(probe.get("failureThreshold") or 3)
         ok_streak = fail_streak = 0
         while state.run is run and run.proc.returncode is None:
-            if await probe_once(probe, prep.container, self.pod_ip, prep.env, prep.cwd):
+            if await probe_once(probe, prep.container, self.pod_ip, prep.env, prep.cwd,
+                                prep.rewrite):
                 ok_streak, fail_streak = ok_streak + 1, 0
                 if ok_streak >= need_ok and not state.ready:
                     state.ready = True

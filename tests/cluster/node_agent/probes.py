@@ -1,8 +1,9 @@
 """Readiness probes against the pod's own address, as the kubelet runs them.
 
 httpGet (success: a status in 200..399), tcpSocket (success: a connection) and exec
-(success: exit 0, run with the container's env and directory). gRPC probes are not
-supported and always fail, so a pod relying on one never looks ready by mistake.
+(success: exit 0; run with the container's env and directory, mount paths rewritten).
+gRPC probes are not supported and always fail, so a pod relying on one never looks ready
+by mistake. Liveness and startup probes are not run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tests.cluster.kube_client import JSON
@@ -76,7 +77,8 @@ async def _exec(command: list[str], env: Mapping[str, str], cwd: Path, limit_s: 
 
 
 async def probe_once(
-    probe: JSON, container: JSON, pod_ip: str, env: Mapping[str, str], cwd: Path
+    probe: JSON, container: JSON, pod_ip: str, env: Mapping[str, str], cwd: Path,
+    rewrite: Callable[[str], str],
 ) -> bool:
     """One attempt of a probe; any error counts as a failure."""
     timeout = float(probe.get("timeoutSeconds") or 1)
@@ -90,7 +92,8 @@ async def probe_once(
             port = resolve_port(action["port"], container)
             return await _tcp(action.get("host") or pod_ip, port, timeout)
         if "exec" in probe:
-            return await _exec(probe["exec"]["command"], env, cwd, timeout)
+            command = [rewrite(word) for word in probe["exec"]["command"]]
+            return await _exec(command, env, cwd, timeout)
     except (OSError, ValueError, TimeoutError, ssl.SSLError):
         return False
     return False

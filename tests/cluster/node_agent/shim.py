@@ -18,6 +18,7 @@ memory_limit_bytes, agent_pid)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import json
@@ -28,6 +29,7 @@ import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 WAKE_INTERVAL_S = 0.5
 REAP_LIMIT_S = 5.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -101,10 +103,8 @@ def rss_bytes(pids: list[int]) -> int:
 
 def kill_subtree() -> None:
     for pid in descendants(os.getpid()):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def reap_all(deadline: float) -> None:
@@ -132,6 +132,13 @@ def exit_code_of(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def child_setup(libc: ctypes.CDLL) -> None:
+    """In the main process before exec: an empty signal mask (ours blocks the ones we
+    wait for), and SIGKILL should this shim ever be SIGKILLed itself."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def main() -> int:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -148,8 +155,7 @@ def main() -> int:
     try:
         child = subprocess.Popen(
             spec["argv"], env=spec["env"], cwd=spec["cwd"], stdin=subprocess.DEVNULL,
-            # The child gets default signal dispositions and an empty mask back.
-            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set()),
+            preexec_fn=lambda: child_setup(libc),
         )
     except OSError as exc:
         print(f"test node agent: cannot start {spec['argv'][0]!r}: {exc}", flush=True)

@@ -1,0 +1,244 @@
+"""The ObjectStore contract, proven on both implementations: the local directory store and
+the S3 store against a real SeaweedFS (signed requests, one unique prefix per test). The
+invocation layout (records.py) runs on both too, since it is what the gateway uses."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import InvocationNotFound, ObjectNotFound
+from gateway.ids import new_invocation_id
+from gateway.models import InvocationRecord, Status
+from gateway.storage.base import ObjectStore
+from gateway.storage.local import LocalStore
+from gateway.storage.records import InvocationStore
+from tests.servers.seaweedfs import SeaweedFS
+
+BUCKET = "jobgate-test"
+LATER = datetime.now(UTC) + timedelta(days=1)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
+    s: ObjectStore
+    if request.param == "local":
+        s = LocalStore(tmp_path / "store")
+    else:
+        from gateway.storage.s3 import S3Store
+
+        server: SeaweedFS = request.getfixturevalue("seaweedfs")
+        s = S3Store(server.store_settings(BUCKET, f"t-{uuid.uuid4().hex[:12]}"),
+                    session=server.session())
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def bounded(aws: list[Awaitable[object]], limit: int = 32) -> None:
+    """Many small writes at once, but not thousands of sockets."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(aw: Awaitable[object]) -> None:
+        async with sem:
+            await aw
+
+    await asyncio.gather(*(one(a) for a in aws))
+
+
+# -- objects ------------------------------------------------------------------------------
+
+
+async def test_put_get_head_round_trip(store: ObjectStore) -> None:
+    data = os.urandom(3000)
+    info = await store.put("a/b/c.bin", data, expires_at=LATER)
+    assert (info.key, info.size) == ("a/b/c.bin", 3000)
+    assert await store.get("a/b/c.bin") == data
+    assert (await store.head("a/b/c.bin")).size == 3000
+    # Overwrite replaces; an empty object is an object.
+    await store.put("a/b/c.bin", b"", expires_at=LATER)
+    assert await store.get("a/b/c.bin") == b""
+    assert (await store.head("a/b/c.bin")).size == 0
+
+
+async def test_missing_key_raises_object_not_found(store: ObjectStore) -> None:
+    await store.put("here/x", b"1", expires_at=LATER)
+    with pytest.raises(ObjectNotFound):
+        await store.get("here/y")
+    with pytest.raises(ObjectNotFound):
+        await store.head("nowhere/y")
+    stream = store.stream("here/y")
+    with pytest.raises(ObjectNotFound):
+        await anext(stream)
+
+
+async def test_stream_yields_bounded_chunks(store: ObjectStore) -> None:
+    data = os.urandom(1024 * 1024 + 123)
+    await store.put("s/big", data, expires_at=LATER)
+    chunks = [c async for c in store.stream("s/big", chunk_size=64 * 1024)]
+    assert b"".join(chunks) == data
+    assert len(chunks) >= 17 and all(0 < len(c) <= 64 * 1024 for c in chunks)
+
+
+async def test_put_file_returns_sha256(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "artifact.bin"
+    data = os.urandom(700_000)
+    src.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    info = await store.put_file("f/artifact.bin", src, expires_at=LATER)
+    assert (info.size, info.sha256) == (len(data), digest)
+    info = await store.put_file("f/again.bin", src, expires_at=LATER, sha256=digest)
+    assert info.sha256 == digest
+    assert await store.get("f/artifact.bin") == data == await store.get("f/again.bin")
+
+
+# -- listing ------------------------------------------------------------------------------
+
+# Names use only characters above '/', where S3 key order, SeaweedFS's tree order and a
+# sorted directory walk all agree.
+KEYS = ["lst/a/1", "lst/a/2", "lst/ab", "lst/b", "lst/c/x/y", "lst/c/z", "lst/d_e/1"]
+
+
+async def test_list_keys_order_paging_start_after(store: ObjectStore) -> None:
+    shuffled = KEYS[3:] + KEYS[:3]
+    await asyncio.gather(*(store.put(k, k.encode(), expires_at=LATER) for k in shuffled))
+    await store.put("lst_sibling/x", b"x", expires_at=LATER)  # not under "lst/"
+    assert await store.list_keys("lst/") == KEYS
+    assert await store.list_keys("lst/a") == ["lst/a/1", "lst/a/2", "lst/ab"]
+    assert await store.list_keys("lst/c/") == ["lst/c/x/y", "lst/c/z"]
+    assert await store.list_keys("lst/zzz/") == []
+    assert await store.list_keys("lst/", start_after="lst/ab") == KEYS[3:]
+    assert await store.list_keys("lst/", limit=3) == KEYS[:3]
+    # Paging with start_after = the last key seen walks every key exactly once.
+    seen: list[str] = []
+    for _ in range(len(KEYS) + 1):
+        page = await store.list_keys("lst/", start_after=seen[-1] if seen else None, limit=2)
+        if not page:
+            break
+        seen.extend(page)
+    assert seen == KEYS
+
+
+async def test_list_children(store: ObjectStore) -> None:
+    keys = ["kids/inv_1/record.json", "kids/inv_1/stdout", "kids/inv_2/record.json",
+            "kids/inv_3/artifacts/x", "kids/file", "kidsx/inv_9/record.json"]
+    await asyncio.gather(*(store.put(k, b"1", expires_at=LATER) for k in keys))
+    assert await store.list_children("kids/") == ["file", "inv_1", "inv_2", "inv_3"]
+    assert await store.list_children("kids") == ["file", "inv_1", "inv_2", "inv_3"]
+    assert await store.list_children("kids/", start_after="inv_1") == ["inv_2", "inv_3"]
+    assert await store.list_children("kids/", limit=2) == ["file", "inv_1"]
+    assert await store.list_children("kids/inv_3/") == ["artifacts"]
+    assert await store.list_children("nobody/") == []
+    seen: list[str] = []
+    for _ in range(10):
+        page = await store.list_children("kids/", start_after=seen[-1] if seen else None,
+                                         limit=1)
+        if not page:
+            break
+        seen.extend(page)
+    assert seen == ["file", "inv_1", "inv_2", "inv_3"]
+
+
+# -- deletes ------------------------------------------------------------------------------
+
+
+async def test_delete_keys_missing_is_fine(store: ObjectStore) -> None:
+    await store.put("d/one", b"1", expires_at=LATER)
+    await store.put("d/two", b"2", expires_at=LATER)
+    await store.delete_keys(["d/one", "d/never-was", "elsewhere/none"])
+    await store.delete_keys([])
+    assert await store.list_keys("d/") == ["d/two"]
+    with pytest.raises(ObjectNotFound):
+        await store.get("d/one")
+
+
+async def test_delete_prefix_in_batches(store: ObjectStore) -> None:
+    """More than one DeleteObjects batch (1000 keys) on S3."""
+    keys = [f"many/inv_x/k{i:05d}" for i in range(1100)]
+    await bounded([store.put(k, b"", expires_at=LATER) for k in keys])
+    await store.put("many/inv_xy/keep", b"k", expires_at=LATER)  # a sibling prefix
+    await store.put("many/inv_w", b"k", expires_at=LATER)
+    assert await store.delete_prefix("many/inv_x/") == 1100
+    assert await store.list_keys("many/") == ["many/inv_w", "many/inv_xy/keep"]
+    assert await store.delete_prefix("many/inv_x/") == 0
+
+
+# -- the invocation layout on top ---------------------------------------------------------
+
+
+def record(tenant: str, *, profile: str = "python3.12", status: Status = Status.queued,
+           expires_at: datetime = LATER, created_ms: int | None = None) -> InvocationRecord:
+    return InvocationRecord(
+        id=new_invocation_id(created_ms), tenant=tenant, profile=profile, mode="async",
+        status=status, created_at=datetime.now(UTC), expires_at=expires_at)
+
+
+async def test_invocation_create_load_list(store: ObjectStore) -> None:
+    inv = InvocationStore(store)
+    base_ms = 1_700_000_000_000
+    # ids sort newest first: r0 is the oldest, so it lists last.
+    recs = [
+        record("tenant-a", status=Status.succeeded, created_ms=base_ms),
+        record("tenant-a", status=Status.failed, profile="node20", created_ms=base_ms + 1),
+        record("tenant-a", status=Status.succeeded, created_ms=base_ms + 2),
+        record("tenant-b", status=Status.succeeded, created_ms=base_ms + 3),
+    ]
+    for r in recs:
+        await inv.create(r, b'{"profile": "python3.12"}', idempotency=("k" + r.id, "h"))
+    loaded = await inv.load("tenant-a", recs[0].id, with_logs=False)
+    assert loaded.model_dump() == recs[0].model_dump()
+    assert await inv.load_request("tenant-a", recs[0].id) == b'{"profile": "python3.12"}'
+    with pytest.raises(InvocationNotFound):
+        await inv.load("tenant-b", recs[0].id)  # another tenant's id
+
+    async def ids(status: Status | None = None, profile: str | None = None,
+                  cursor: str | None = None, limit: int = 10) -> tuple[list[str], str | None]:
+        items, next_cursor = await inv.list_page("tenant-a", status=status, profile=profile,
+                                                 cursor=cursor, limit=limit)
+        return [r.id for r in items], next_cursor
+
+    assert (await ids())[0] == [recs[2].id, recs[1].id, recs[0].id]
+    assert (await ids(status=Status.succeeded))[0] == [recs[2].id, recs[0].id]
+    assert (await ids(profile="node20"))[0] == [recs[1].id]
+    # The cursor resumes after the last id returned.
+    first, cursor = await ids(limit=2)
+    assert first == [recs[2].id, recs[1].id] and cursor == recs[1].id
+    assert (await ids(cursor=cursor, limit=2))[0] == [recs[0].id]
+    assert sorted(await inv.pending()) == sorted((r.tenant, r.id) for r in recs)
+
+
+async def test_expired_and_delete_expired_remove_exactly_the_expired(
+        store: ObjectStore) -> None:
+    inv = InvocationStore(store)
+    now = datetime.now(UTC)
+    old = record("tenant-a", expires_at=now - timedelta(seconds=30))
+    young = record("tenant-a", expires_at=now + timedelta(hours=1))
+    for r in (old, young):
+        await inv.create(r, b"{}", idempotency=(inv.hash_idempotency_key(r.id), "body"))
+        r.status = Status.succeeded
+        await inv.finish(r)
+    await store.put(inv.artifact_key("tenant-a", old.id, "out.txt"), b"o", expires_at=now)
+    before = set(await store.list_keys(""))
+
+    due = await inv.expired(now)
+    assert [(e.tenant, e.invocation_id) for e in due] == [("tenant-a", old.id)]
+    deleted = await inv.delete_expired(due[0])
+    assert deleted >= 5  # request, record, stdout, stderr, artifact (+ idempotency entry)
+
+    after = set(await store.list_keys(""))
+    old_idem = f"_idempotency/tenant-a/{inv.hash_idempotency_key(old.id)}"
+    assert before - after == {k for k in before if old.id in k} | {old_idem}
+    assert (await inv.load("tenant-a", young.id)).status == Status.succeeded
+    assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(young.id)) is not None
+    assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(old.id)) is None
+    assert await inv.expired(now) == []
+    assert await inv.expired(now + timedelta(hours=2)) != []  # the young one, in time
