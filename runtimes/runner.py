@@ -214,8 +214,9 @@ class Run:
     """One assignment: prepare files, run the code, collect what it produced."""
 
     def __init__(self, assignment: dict[str, Any], workspace: str, outdir: str,
-                 uid: int | None, preloaded_python: bool) -> None:
+                 uid: int | None, preloaded_python: bool, netns_fd: int | None = None) -> None:
         self.a = assignment
+        self.netns_fd = netns_fd
         self.workspace = workspace
         self.outdir = outdir
         self.uid = uid
@@ -280,6 +281,8 @@ class Run:
             os.dup2(stdin_fd, 0)
             os.dup2(stdout_fd, 1)
             os.dup2(stderr_fd, 2)
+            if self.netns_fd is not None:
+                _enter_network_namespace(self.netns_fd)
             os.closerange(3, 65536)
             if self.uid is not None:
                 os.setgroups([])
@@ -772,8 +775,9 @@ class Worker:
     """One worker: a workspace, a listening socket, one assignment."""
 
     def __init__(self, listener: socket.socket, token: str, workspace_root: str,
-                 uid: int | None, preloaded_python: bool) -> None:
+                 uid: int | None, preloaded_python: bool, netns_fd: int | None = None) -> None:
         self.listener = listener
+        self.netns_fd = netns_fd
         self.token = token
         self.uid = uid
         self.preloaded_python = preloaded_python
@@ -848,7 +852,7 @@ class Worker:
                 # removes it itself; everywhere else the worker cleans up after reporting.
                 self.keep_workspace = bool(assignment.get("keep_workspace"))
                 run = Run(assignment, self.workspace, self.outdir, self.uid,
-                          self.preloaded_python)
+                          self.preloaded_python, self.netns_fd)
                 conn.settimeout(None)
                 report = run.execute(self.wake_r)
                 if assignment.get("uploads"):
@@ -884,14 +888,41 @@ def _mkdtemp(root: str) -> str:
     raise OSError(errno.EEXIST, "could not create a workspace")
 
 
-def _isolate_network() -> bool:
-    """Move this worker into an empty network namespace (root only). The listening socket
-    was bound before, so it stays reachable in the old namespace; the code gets no network."""
-    clone_newnet = 0x40000000
-    try:
-        return bool(_libc().unshare(clone_newnet) == 0)
-    except OSError:
-        return False
+CLONE_NEWNET = 0x40000000
+
+
+def _empty_network_namespace() -> int | None:
+    """An fd of a fresh, empty network namespace (root only), made ahead of need: a helper
+    process unshares, we hold its namespace open, the helper exits. The code's process
+    enters it with setns; the runner itself stays on the host network (it uploads)."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(done_w)
+        ok = b"0"
+        with contextlib.suppress(BaseException):
+            ok = b"1" if _libc().unshare(CLONE_NEWNET) == 0 else b"0"
+        os.write(ready_w, ok)
+        os.read(done_r, 1)  # stay alive until the parent holds the namespace
+        os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    ok = os.read(ready_r, 1) == b"1"
+    fd = None
+    if ok:
+        with contextlib.suppress(OSError):
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    os.close(done_w)
+    os.close(ready_r)
+    os.waitpid(pid, 0)
+    return fd
+
+
+def _enter_network_namespace(fd: int) -> None:
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        raise OSError("could not enter the worker's network namespace")
 
 
 # ---------------------------------------------------------------------------------------
@@ -943,8 +974,9 @@ def zygote_main(workspace_root: str, preload_python: bool) -> int:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.setsid()  # our own group: a signal to the zygote's group misses us
-                isolated = net_s == "1" and _isolate_network()
-                worker = Worker(listener, token, workspace_root, uid, preload_python)
+                netns = _empty_network_namespace() if net_s == "1" else None
+                isolated = netns is not None
+                worker = Worker(listener, token, workspace_root, uid, preload_python, netns)
                 out.write(f"ready {worker_id} {os.getpid()} {port} {int(isolated)}\n".encode())
                 out.flush()
                 devnull = os.open(os.devnull, os.O_RDWR)

@@ -20,10 +20,10 @@ PY = "python3.11"
 def gateway_stays_healthy(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """After each test on the shared gateway: still ready, still running code. (Asked for
     lazily, so tests that start their own gateway are not run once per configuration.)"""
+    client = request.getfixturevalue("client") if "client" in request.fixturenames else None
     yield
-    if "client" not in request.fixturenames:
+    if client is None:
         return
-    client = request.getfixturevalue("client")
     assert client.get("/readyz").status_code == 200
     body = invoke(client, profile=PY, code="print('still here')").json()
     assert body["status"] == "succeeded" and body["stdout"] == "still here\n"

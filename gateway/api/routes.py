@@ -186,7 +186,8 @@ async def get_artifact(request: Request) -> Response:
     if artifact is None:
         raise ArtifactNotFound(f"invocation {inv} has no artifact {name!r}")
     key = app.records.artifact_key(tenant, inv, name)
-    url = await app.store.presign_get(key, expires_s=300, filename=name.rsplit("/", 1)[-1])
+    url = await app.store.presign_get(key, expires_s=app.settings.s3_presign_ttl_s,
+                                      filename=name.rsplit("/", 1)[-1])
     if url is not None:
         return RedirectResponse(url, status_code=307)
     stream = app.store.stream(key)

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -174,7 +176,8 @@ class InvocationService:
             self._apply_report(live, report)
             uploaded = report.report_uploaded and not report.upload_error
             if not uploaded and self.executor.reads_workspace and report.artifacts:
-                await self._store_artifacts(record, report)
+                await self._with_storage_retries(
+                    record, lambda: self._store_artifacts(record, report))
         except asyncio.CancelledError:
             if live.abandoned:
                 self._live.pop(record.id, None)
@@ -325,6 +328,35 @@ class InvocationService:
         await asyncio.gather(*(one(a.path, a.name, a.sha256) for a in report.artifacts
                                if a.path))
 
+    async def _with_storage_retries(self, record: InvocationRecord,
+                                    attempt: Callable[[], Awaitable[None]],
+                                    *, until_stored: bool = False) -> None:
+        """Storage is retried with backoff while it is down. Past the retry budget the
+        invocation ends as error/StorageUnavailable; with ``until_stored``, that final word
+        is itself retried (up to the invocation's expiry), so nothing accepted is lost
+        silently: it completes, or says why it could not, once storage returns."""
+        started = time.monotonic()
+        delay = 0.5
+        budget = self.settings.storage_retry_budget_s
+        while True:
+            try:
+                await attempt()
+                return
+            except StorageUnavailable as e:
+                elapsed = time.monotonic() - started
+                if elapsed > budget and record.reason != Reason.StorageUnavailable:
+                    self._fail(record, Reason.StorageUnavailable,
+                               f"storage was unavailable for more than {budget:g}s: "
+                               f"{e.message}")
+                    if not until_stored:
+                        return
+                if datetime.now(UTC) > record.expires_at:
+                    raise
+                log.warning("invocation %s: storage unavailable, retrying in %.1fs",
+                            record.id, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 15.0)
+
     def _fail(self, record: InvocationRecord, reason: Reason, message: str) -> None:
         record.reason = reason
         record.status = REASON_STATUS.get(reason, Status.failed)
@@ -349,7 +381,8 @@ class InvocationService:
         if live.pending_writes:
             await asyncio.gather(*live.pending_writes, return_exceptions=True)
         try:
-            await self.records.finish(record)
+            await self._with_storage_retries(record, lambda: self.records.finish(record),
+                                             until_stored=True)
         except Exception:  # the pending marker stays: recovery retries it
             log.exception("invocation %s: storing the result failed", record.id)
         if worker is not None:
