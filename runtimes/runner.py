@@ -187,11 +187,11 @@ def _libc() -> Any:
     return _LIBC
 
 
-def _die_with_parent() -> None:
-    """If the runner is killed outright, the kernel kills the code too (PR_SET_PDEATHSIG)."""
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """When the parent dies, the kernel sends us ``sig`` (PR_SET_PDEATHSIG; 0 clears it)."""
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
-        _libc().prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        _libc().prctl(pr_set_pdeathsig, sig, 0, 0, 0)
 
 
 def _become_subreaper() -> None:
@@ -374,6 +374,10 @@ class Run:
         return status, timed_out
 
     def _killpg(self, pgid: int) -> None:
+        # The child itself too: killed within its first moments, it may not have called
+        # setsid yet, and then there is no group of that id to kill.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pgid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
 
@@ -846,6 +850,9 @@ class Worker:
                 _send(conn, 401, b'{"error":"bad token"}')
                 return False
             self.listener.close()  # one invocation per worker: nobody else gets in
+            # From here the run finishes even if the zygote and gateway go away: with S3
+            # storage its report outlives them.
+            _die_with_parent(0)
             try:
                 assignment = json.loads(body)
                 # The local executor stores artifacts straight from the workspace and
@@ -951,6 +958,10 @@ def zygote_main(workspace_root: str, preload_python: bool) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
     out = sys.stdout.buffer
+    zygote_pid = os.getpid()
+    # The zygote ends with the gateway that started it, even one killed outright.
+    _die_with_parent(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     out.write(b"zygote %d\n" % os.getpid())
     out.flush()
     for line in sys.stdin.buffer:
@@ -974,6 +985,10 @@ def zygote_main(workspace_root: str, preload_python: bool) -> int:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.setsid()  # our own group: a signal to the zygote's group misses us
+                # An idle worker ends with its zygote (SIGTERM: an idle runner just exits).
+                _die_with_parent(signal.SIGTERM)
+                if os.getppid() != zygote_pid:
+                    os._exit(0)  # the zygote died before we could ask
                 netns = _empty_network_namespace() if net_s == "1" else None
                 isolated = netns is not None
                 worker = Worker(listener, token, workspace_root, uid, preload_python, netns)

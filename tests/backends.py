@@ -92,6 +92,8 @@ def kubernetes_env(cluster: object, work: Path, namespace: str | None = None
         "JOBGATE_K8S_IMAGE_PULL_GRACE_S": "3",
         "JOBGATE_K8S_JOB_TTL_S": "5",
         "JOBGATE_K8S_LEASE_DURATION_S": "6",
+        # 200 workers cold-starting on a 2-core test node take longer than the default.
+        "JOBGATE_SYNC_WAIT_S": "300",
     }, namespace
 
 

@@ -248,7 +248,7 @@ def test_cancel_mid_run(client: httpx.Client) -> None:
     started = time.monotonic()
     body = client.post(f"/v1/invocations/{inv_id}/cancel").json()
     assert time.monotonic() - started < 5
-    assert (body["status"], body["reason"]) == ("cancelled", "Cancelled")
+    assert (body["status"], body["reason"]) == ("cancelled", "Cancelled"), body["message"]
     again = client.post(f"/v1/invocations/{inv_id}/cancel")
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "AlreadyFinished"
