@@ -62,6 +62,39 @@ class Ewma:
         self.value = self.alpha * sample + (1 - self.alpha) * self.value
 
 
+class DemandSizer:
+    """How many idle workers a profile should keep, from recent demand: the arrival rate
+    over a window times the measured start latency, plus headroom, within [min, max].
+    One formula for every executor: the local pool and the Kubernetes pool leader."""
+
+    def __init__(self, min_idle: int, max_idle: int, *, initial_start_s: float,
+                 headroom: int = 1, window_s: float = 10.0):
+        self.min_idle = min_idle
+        self.max_idle = max(max_idle, min_idle)
+        self.headroom = headroom
+        self.window_s = window_s
+        self.start_latency = Ewma(0.3, initial_start_s)
+        self._arrivals: collections.deque[float] = collections.deque()
+
+    def arrival(self) -> None:
+        self._arrivals.append(time.monotonic())
+
+    def started(self, seconds: float) -> None:
+        self.start_latency.add(seconds)
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        while self._arrivals and self._arrivals[0] < now - self.window_s:
+            self._arrivals.popleft()
+        return len(self._arrivals) / self.window_s
+
+    def target(self) -> int:
+        wanted = math.ceil(self.rate() * self.start_latency.value)
+        if self._arrivals:
+            wanted += self.headroom
+        return max(self.min_idle, min(self.max_idle, wanted))
+
+
 class WarmPool:
     def __init__(
         self,
@@ -85,12 +118,12 @@ class WarmPool:
         self._spawn_fn = spawn
         self._discard_fn = discard
         self._alive = alive
-        self.min_idle = min_idle
-        self.max_idle = max(max_idle, min_idle)
+        self.sizer = DemandSizer(min_idle, max_idle, initial_start_s=0.05, headroom=headroom)
+        self.min_idle = self.sizer.min_idle
+        self.max_idle = self.sizer.max_idle
         self.max_concurrency = max_concurrency
         self.queue_size = queue_size
         self.max_idle_age_s = max_idle_age_s
-        self.headroom = headroom
         self._limiter = RateLimiter(spawn_rate, max(1, spawn_parallelism))
         self._parallelism = spawn_parallelism
         self._idle: collections.deque[Worker] = collections.deque()
@@ -100,27 +133,14 @@ class WarmPool:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._spawns: set[asyncio.Task[None]] = set()
-        self._arrivals: collections.deque[float] = collections.deque()
-        self._start_latency = Ewma(0.3, 0.05)
         self._failures = 0
         self._last_error: str | None = None
         self.warm_starts = 0
         self.cold_starts = 0
         self._closed = False
 
-    # -- demand -------------------------------------------------------------------------
-
-    def _arrival_rate(self, window_s: float = 10.0) -> float:
-        now = time.monotonic()
-        while self._arrivals and self._arrivals[0] < now - window_s:
-            self._arrivals.popleft()
-        return len(self._arrivals) / window_s
-
     def target_idle(self) -> int:
-        wanted = math.ceil(self._arrival_rate() * self._start_latency.value)
-        if self._arrivals:
-            wanted += self.headroom
-        return max(self.min_idle, min(self.max_idle, wanted))
+        return self.sizer.target()
 
     # -- claiming -----------------------------------------------------------------------
 
@@ -131,11 +151,11 @@ class WarmPool:
         raise QueueFull(
             f"the queue of profile {self.profile!r} is full ({self.queue_size} waiting)",
             {"profile": self.profile, "queue_size": self.queue_size},
-            retry_after=max(1, math.ceil(self._start_latency.value * 2)),
+            retry_after=max(1, math.ceil(self.sizer.start_latency.value * 2)),
         )
 
     async def acquire(self) -> Worker:
-        self._arrivals.append(time.monotonic())
+        self.sizer.arrival()
         if self._busy < self.max_concurrency:
             while self._idle:
                 worker = self._idle.popleft()
@@ -277,7 +297,7 @@ class WarmPool:
             return
         self._starting -= 1
         self._failures = 0
-        self._start_latency.add(time.monotonic() - t0)
+        self.sizer.started(time.monotonic() - t0)
         if self._closed:
             await self._discard_fn(worker)
             return

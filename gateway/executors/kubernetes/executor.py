@@ -16,7 +16,6 @@ their age and orphaned claims. Pods are tracked by list+watch, never polled.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -45,7 +44,7 @@ from gateway.executors.kubernetes.spec import (
     network_policies,
     worker_job,
 )
-from gateway.executors.pool import Ewma, RateLimiter
+from gateway.executors.pool import DemandSizer, RateLimiter
 from gateway.executors.runner_client import RunnerClient
 from gateway.ids import new_token
 from gateway.models import Assignment, PoolState, WorkerReport
@@ -94,25 +93,16 @@ class ProfilePool:
         self.queue_size = queue_size
         self.waiting = 0
         self.ready = asyncio.Condition()
-        self.claims: collections.deque[float] = collections.deque()
-        self.start_latency = Ewma(0.3, 3.0)
+        # Demand as the watch shows it: claims by every replica, creation-to-ready times.
+        self.sizer = DemandSizer(profile.pool.min, profile.pool.max, initial_start_s=3.0)
         self.cold_inflight = 0
         self.creating = 0
         self.warm_starts = 0
         self.cold_starts = 0
         self.failures: dict[str, tuple[str, str]] = {}  # job -> (reason, message)
 
-    def claim_rate(self, window_s: float = 10.0) -> float:
-        now = time.monotonic()
-        while self.claims and self.claims[0] < now - window_s:
-            self.claims.popleft()
-        return len(self.claims) / window_s
-
     def target_idle(self) -> int:
-        wanted = math.ceil(self.claim_rate() * self.start_latency.value)
-        if self.claims:
-            wanted += 1
-        return max(self.profile.pool.min, min(self.profile.pool.max, wanted))
+        return self.sizer.target()
 
 
 class KubernetesExecutor(Executor):
@@ -196,11 +186,11 @@ class KubernetesExecutor(Executor):
         if pool is not None and kind != "DELETED":
             if labels.get(STATE) == "idle" and is_ready(pod):
                 if previous is None or not is_ready(previous):
-                    pool.start_latency.add(max(0.0, time.time() - _created(pod)))
+                    pool.sizer.started(max(0.0, time.time() - _created(pod)))
                 self._spawn(self._notify(pool))
             if labels.get(STATE) == "claimed" and previous is not None \
                     and _labels(previous).get(STATE) == "idle":
-                pool.claims.append(time.monotonic())
+                pool.sizer.arrival()
         watcher = self._watchers.get(name)
         if watcher is not None and not watcher.done():
             failure = ("WorkerLost", "the worker pod was deleted") if kind == "DELETED" \
@@ -244,7 +234,8 @@ class KubernetesExecutor(Executor):
             ip = claimed["status"]["podIP"]
             return Worker(id=name, profile=pool.profile.name,
                           address=f"http://{ip}:{self.settings.k8s_runner_port}", token=token,
-                          ready_at=time.monotonic(), start_latency_s=pool.start_latency.value,
+                          ready_at=time.monotonic(),
+                          start_latency_s=pool.sizer.start_latency.value,
                           meta={"job": _job_of(claimed) or ""})
         return None
 
@@ -253,7 +244,7 @@ class KubernetesExecutor(Executor):
         if pool.waiting >= pool.queue_size and not self._idle_ready(pool):
             raise QueueFull(f"the queue of profile {profile.name!r} is full",
                             {"profile": profile.name, "queue_size": pool.queue_size},
-                            retry_after=max(1, math.ceil(pool.start_latency.value)))
+                            retry_after=max(1, math.ceil(pool.sizer.start_latency.value)))
 
     async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
         pool = self._pools[profile.name]
