@@ -120,3 +120,26 @@ def test_pool_warm_then_cold_and_bounded_queue() -> None:
         await pool.stop()
 
     asyncio.run(main())
+
+
+def test_the_gateway_rechecks_what_a_worker_wants_to_upload() -> None:
+    from gateway.dispatch.plan import ArtifactLimitExceeded, check_artifact_listing
+    from gateway.models import ArtifactListing
+
+    settings = Settings(artifact_max_count=2, artifact_max_bytes=100,
+                        artifact_max_total_bytes=150)
+
+    def listing(*entries: tuple[str, int]) -> ArtifactListing:
+        return ArtifactListing.model_validate({"artifacts": [
+            {"name": n, "size": s, "sha256": "0" * 64} for n, s in entries]})
+
+    check_artifact_listing(listing(("a", 100), ("b/c", 50)), settings)
+    with pytest.raises(ArtifactLimitExceeded, match="at most 2"):
+        check_artifact_listing(listing(("a", 1), ("b", 1), ("c", 1)), settings)
+    with pytest.raises(ArtifactLimitExceeded, match="at most 100"):
+        check_artifact_listing(listing(("a", 101)), settings)
+    with pytest.raises(ArtifactLimitExceeded, match="at most 150"):
+        check_artifact_listing(listing(("a", 100), ("b", 60)), settings)
+    for bad in ("../x", "/etc/passwd", "a//b"):
+        with pytest.raises(InvalidInput):
+            check_artifact_listing(listing((bad, 1)), settings)
