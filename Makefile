@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway runtimes tests loadtests
+	$(VENV)/bin/ruff check gateway runtimes tests loadtests bench
 	$(VENV)/bin/mypy
 
 clean:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tomllib
 from importlib import resources
@@ -82,6 +83,19 @@ def interpreter_path(command: str) -> str | None:
     return shutil.which(command, path=os.pathsep.join(path))
 
 
+def _runs(command: str) -> bool:
+    """Installed and working: a version-manager shim for a missing version is on PATH but
+    fails when run. (Called once at start, before the event loop serves.)"""
+    path = interpreter_path(command)
+    if path is None:
+        return False
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, timeout=10,
+                              check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def load_profiles(path: Path | None, *, check_installed: bool = True) -> ProfileCatalog:
     """Load the catalogue. With ``check_installed``, profiles whose ``requires`` is not on
     this machine are left out (the local executor cannot run them)."""
@@ -97,10 +111,8 @@ def load_profiles(path: Path | None, *, check_installed: bool = True) -> Profile
     except (tomllib.TOMLDecodeError, ValidationError, TypeError) as e:
         raise ValueError(f"invalid profile catalogue {source}: {e}") from e
     if check_installed:
-        profiles = {
-            name: p for name, p in profiles.items()
-            if p.requires is None or interpreter_path(p.requires) is not None
-        }
+        profiles = {name: p for name, p in profiles.items()
+                    if p.requires is None or _runs(p.requires)}
     if not profiles:
         raise ValueError(f"no usable profile in {source}")
     return ProfileCatalog(profiles)

@@ -158,6 +158,10 @@ class Zygote:
                 continue
             fut = self._pending.pop(parts[1], None)
             if fut is None or fut.done():
+                if parts[0] == "ready":
+                    # Ready after its spawn timed out: nobody will claim it, so it goes.
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(parts[2].split()[0]), signal.SIGTERM)
                 continue
             if parts[0] == "ready":
                 pid, port, isolated = parts[2].split()

@@ -48,11 +48,24 @@ class LocalStore(ObjectStore):
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        self._place(tmp, path)
+
+    @staticmethod
+    def _place(tmp: Path, path: Path) -> None:
+        """Rename into place. A concurrent delete may remove the (empty) parent directory
+        between our mkdir and our rename: make it again and retry."""
+        for _ in range(10):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(tmp, path)
+                return
+            except FileNotFoundError:
+                if not tmp.exists():
+                    raise
+        raise OSError(f"could not place {path}: its directory keeps disappearing")
 
     async def put(self, key: str, data: bytes, *, expires_at: datetime,
                   content_type: str = "application/octet-stream") -> ObjectInfo:
@@ -71,7 +84,6 @@ class LocalStore(ObjectStore):
 
     def _copy(self, key: str, src: Path, sha256: str | None) -> ObjectInfo:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
         digest = hashlib.sha256()
         size = 0
@@ -80,7 +92,7 @@ class LocalStore(ObjectStore):
                 digest.update(chunk)
                 fout.write(chunk)
                 size += len(chunk)
-        os.replace(tmp, path)
+        self._place(tmp, path)
         return ObjectInfo(key, size, digest.hexdigest())
 
     async def put_file(self, key: str, path: Path, *, expires_at: datetime,
