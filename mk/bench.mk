@@ -1,6 +1,6 @@
 # The benchmark (bench/, loadtests/): see docs/performance.md.
 #   make bench-quick                  every figure of the report, in under two minutes
-#   make bench                        the full matrix (about 8 min), published to bench/latest/
+#   make bench                        the full matrix (about 7 min), published to bench/latest/
 #                                     and docs/performance.md
 #   make bench EXECUTOR=kubernetes    on the test control plane (S3 storage on SeaweedFS)
 #   make bench STORAGE=s3             local executor, S3 storage on SeaweedFS
@@ -14,7 +14,7 @@ BENCH_FLAGS = --executor $(EXECUTOR) $(if $(STORAGE),--storage $(STORAGE)) $(BEN
 
 ## make bench: the full matrix; refreshes bench/latest/ and the figures in docs/performance.md
 bench: $(STAMP)
-	$(PY) -m bench --matrix full --publish $(BENCH_FLAGS)
+	$(PY) -m bench --matrix full --profile --publish $(BENCH_FLAGS)
 
 ## make bench-quick: a short matrix with every figure (< 2 min); publishes nothing
 bench-quick: $(STAMP)
