@@ -1,0 +1,63 @@
+"""The added latency of S3 storage, in one run: two gateways (local storage, and S3 on a
+SeaweedFS it starts) take alternate sequential sync print(1) calls, so both see the same
+machine at the same moments.
+
+    python -m loadtests.storage_compare --requests 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from loadtests.latency import percentile
+from tests.servers.seaweedfs import SeaweedFS
+from tests.support import KEY_A, GatewayProcess
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="jobgate-storage-compare-"))
+    s3 = SeaweedFS(work / "weed").start()
+    gateways = {
+        "local": GatewayProcess(work / "local"),
+        "s3": GatewayProcess(work / "s3", env=s3.gateway_env("compare", "jobgate")),
+    }
+    try:
+        for gw in gateways.values():
+            gw.start(timeout_s=60)
+        clients = {name: httpx.Client(base_url=gw.url, timeout=60,
+                                      headers={"Authorization": f"Bearer {KEY_A}"})
+                   for name, gw in gateways.items()}
+        samples: dict[str, list[float]] = {name: [] for name in gateways}
+        for i in range(args.warmup + args.requests):
+            for name, client in clients.items():
+                r = client.post("/v1/invocations", json={"profile": "python3.11",
+                                                         "code": "print(1)"})
+                body = r.json()
+                if r.status_code != 200 or body.get("stdout") != "1\n":
+                    print(f"{name}: wrong answer {r.status_code} {body}", file=sys.stderr)
+                    return 1
+                if i >= args.warmup:
+                    samples[name].append(r.elapsed.total_seconds() * 1000)
+        for name, s in samples.items():
+            print(f"{name:>5}: p50 {percentile(s, 50):7.2f} ms  p99 {percentile(s, 99):7.2f} ms"
+                  f"  ({len(s)} sequential sync print(1))")
+        print(f"S3 adds: p50 {percentile(samples['s3'], 50) - percentile(samples['local'], 50):.2f}"
+              f" ms, p99 {percentile(samples['s3'], 99) - percentile(samples['local'], 99):.2f} ms")
+        return 0
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+        s3.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
