@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.latency import percentile
+from loadtests.stats import percentile
 from tests.servers.seaweedfs import SeaweedFS
 from tests.support import KEY_A, GatewayProcess
 

@@ -14,6 +14,10 @@ PY = "python3.11"
 
 
 def test_200_invocations_at_once_get_their_own_results(gateway: GatewayProcess) -> None:
+    # On Kubernetes nearly every one of the 200 is a cold pod on a 2-core test node: the
+    # calls go async there and are long-polled, since what is tested is the results.
+    mode = "async" if getattr(gateway, "config", "") == "kubernetes" else "sync"
+
     async def main() -> list[tuple[int, dict]]:  # type: ignore[type-arg]
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(base_url=gateway.url, timeout=120, limits=limits,
@@ -23,9 +27,15 @@ def test_200_invocations_at_once_get_their_own_results(gateway: GatewayProcess) 
                         f"json.dump({{'i': {i}, 'inv': os.environ['JOBGATE_INVOCATION_ID']}},"
                         " open('result.json', 'w'))")
                 r = await c.post("/v1/invocations", json={"profile": PY, "code": code,
-                                                          "input": {"i": i}})
-                assert r.status_code == 200, r.text
-                return i, r.json()
+                                                          "input": {"i": i}, "mode": mode})
+                assert r.status_code == (200 if mode == "sync" else 202), r.text
+                body = r.json()
+                deadline = time.monotonic() + 600
+                while body["status"] in ("queued", "running"):
+                    assert time.monotonic() < deadline, f"{body['id']} did not finish"
+                    body = (await c.get(f"/v1/invocations/{body['id']}",
+                                        params={"wait": 20})).json()
+                return i, body
 
             return await asyncio.gather(*(one(i) for i in range(200)))
 
