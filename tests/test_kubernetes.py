@@ -169,26 +169,34 @@ def test_cancel_deletes_the_worker_job(c: httpx.Client, k8s_env: dict[str, Any])
 
 
 def test_api_writes_per_warm_invocation(c: httpx.Client) -> None:
-    def writes() -> float:
-        total = 0.0
+    def calls() -> dict[str, float]:
+        out = {}
         for line in c.get("/metrics").text.splitlines():
-            if line.startswith("jobgate_kubernetes_api_calls{") and any(
-                    f'verb="{v} ' in line for v in ("create", "patch", "delete", "replace")) \
-                    and "leases" not in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            if line.startswith("jobgate_kubernetes_api_calls{"):
+                verb = line.split('verb="', 1)[1].split('"', 1)[0]
+                out[verb] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    def writes(snapshot: dict[str, float]) -> float:
+        return sum(n for verb, n in snapshot.items()
+                   if verb.split(" ")[0] in ("create", "patch", "delete", "replace")
+                   and "leases" not in verb)
 
     wait_until(lambda: pool(c)["idle"] >= pool(c)["min_idle"], timeout_s=60)
-    before = writes()
+    before = calls()
     n = 5
     for _ in range(n):
         body = invoke(c, profile=PY, code="print(1)").json()
         assert body["warm"] is True
         wait_until(lambda: pool(c)["idle"] >= pool(c)["min_idle"]
                    and pool(c)["starting"] == 0, timeout_s=60)
-    per_invocation = (writes() - before) / n
-    # One claim (patch) and one replacement worker (create) per warm invocation.
-    assert per_invocation == pytest.approx(2.0, abs=0.01), per_invocation
+    after = calls()
+    # The hot path writes exactly once per call: its claim. The pool's replacement worker
+    # is the other write; none of them may cost more (retries, double claims, churn).
+    claims = after.get("patch pods", 0) - before.get("patch pods", 0)
+    assert claims == n, claims
+    per_invocation = (writes(after) - writes(before)) / n
+    assert 1.0 <= per_invocation <= 2.0, per_invocation
 
 
 def test_two_replicas_never_share_a_worker(gw: GatewayProcess,

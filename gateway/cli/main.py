@@ -58,8 +58,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (StartupError, ValueError, OSError) as e:
         print(f"jobgate: {e}", file=sys.stderr)
         return 2
+    # Keep-alive longer than the usual load balancer idle timeout (60 s): otherwise the
+    # gateway closes connections a client or balancer is about to reuse.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5)
+                access_log=False, timeout_keep_alive=75,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5)
     return 0
 
 
