@@ -125,3 +125,7 @@ class WorkerStartFailed(Exception):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+
+
+class ConfigError(ValueError):
+    """This configuration cannot serve on this machine (said plainly at start)."""

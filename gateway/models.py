@@ -42,6 +42,8 @@ class Reason(StrEnum):
     StartFailed = "StartFailed"
     ArtifactLimit = "ArtifactLimit"
     StorageUnavailable = "StorageUnavailable"
+    # The code failed with its workspace (and /tmp) full: the profile's workspace_mb.
+    DiskLimit = "DiskLimit"
     # Kubernetes executor: read from the worker pod's and Job's status.
     ImagePullFailed = "ImagePullFailed"
     OOMKilled = "OOMKilled"
@@ -295,6 +297,8 @@ class RunLimits(BaseModel):
     memory_bytes: int
     memory_mode: Literal["as", "data", "none"] = "as"
     cpu_seconds: int
+    # CPU quota of the whole invocation, in thousandths of a core (0: none).
+    cpu_millis: int = 0
     nofile: int
     nproc: int
     fsize_bytes: int

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,8 @@ MEMORY_ERROR_EXIT = 117
 # Exit status of a child whose program could not be executed at all (reason StartFailed).
 EXEC_FAILED_EXIT = 118
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Where the code finds its workspace inside a sandbox (never a host path).
+CODE_WORKSPACE = "/workspace"
 # Modules a Python worker imports before it forks, so user code finds them loaded.
 PRELOAD_MODULES = (
     "json", "re", "math", "random", "datetime", "collections", "itertools",
@@ -210,27 +213,151 @@ def _count_processes_of(uid: int) -> int:
     return count
 
 
+class CodeSpec:
+    """What the code's own process needs to start: it crosses from the runner to a
+    sandbox's init as JSON, so it holds plain values only."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, limits: dict[str, Any],
+                 inprocess: bool, stdin: bool) -> None:
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.limits = limits
+        self.inprocess = inprocess
+        self.stdin = stdin
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CodeSpec:
+        return cls(**json.loads(data))
+
+
+class ChildIO:
+    """The descriptors the code's process starts from: its output files, the directory
+    its stdin file is in (the runner's private one), and an empty network namespace."""
+
+    def __init__(self, stdout_fd: int, stderr_fd: int, private_dir_fd: int,
+                 netns_fd: int | None) -> None:
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self.private_dir_fd = private_dir_fd
+        self.netns_fd = netns_fd
+
+    def fds(self) -> list[int]:
+        return [fd for fd in (self.stdout_fd, self.stderr_fd, self.private_dir_fd,
+                              self.netns_fd) if fd is not None]
+
+
+def run_code(spec: CodeSpec, io: ChildIO, uid: int | None, preloaded_python: bool,
+             seccomp_program: bytes | None) -> None:
+    """The code's process, after its fork: drop everything, then become the code.
+    Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGTERM,
+                    signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        if spec.stdin:
+            stdin_fd = os.open("stdin", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=io.private_dir_fd)
+        else:
+            stdin_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(stdin_fd, 0)
+        os.dup2(io.stdout_fd, 1)
+        os.dup2(io.stderr_fd, 2)
+        if io.netns_fd is not None:
+            _enter_network_namespace(io.netns_fd)
+        os.closerange(3, 65536)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        # After setuid: a credential change clears the parent-death signal.
+        _die_with_parent()
+        Limits(spec.limits).apply(uid)
+        os.chdir(spec.cwd)
+        if seccomp_program is not None:
+            # Last: the filter (and no_new_privs) must not stop the steps above.
+            _SECCOMP_INSTALL(seccomp_program)
+        argv = [str(x) for x in spec.argv]
+        if spec.inprocess and preloaded_python:
+            code = _run_python_inprocess(argv, spec.env, spec.cwd)
+        else:
+            try:
+                os.execvpe(argv[0], argv, spec.env)
+            except OSError as e:
+                os.write(2, f"jobgate: cannot start {argv[0]}: {e.strerror}\n".encode())
+                code = EXEC_FAILED_EXIT
+    except MemoryError:
+        code = MEMORY_ERROR_EXIT
+    except BaseException:  # noqa: BLE001 - report anything, the child must not return
+        with contextlib.suppress(BaseException):
+            os.write(2, traceback.format_exc().encode())
+        code = 127
+    os._exit(code)
+
+
+# Installs a seccomp program in the calling process (set by the zygote when it has one).
+_SECCOMP_INSTALL: Any = None
+
+
+class DirectLauncher:
+    """The code's process forked straight from the runner: no sandbox (not root, or
+    turned off). Its leftovers are found through the runner being their subreaper."""
+
+    contains_leftovers = False
+
+    def __init__(self, uid: int | None, preloaded_python: bool,
+                 seccomp_program: bytes | None) -> None:
+        self.uid = uid
+        self.preloaded_python = preloaded_python
+        self.seccomp_program = seccomp_program
+
+    def start(self, spec: CodeSpec, io: ChildIO) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            run_code(spec, io, self.uid, self.preloaded_python, self.seccomp_program)
+        return pid
+
+    def code_status(self, status: int) -> int:
+        return status
+
+    def scratch_full(self) -> bool:
+        return False
+
+    def oom_killed(self) -> bool:
+        return False
+
+
 class Run:
     """One assignment: prepare files, run the code, collect what it produced."""
 
-    def __init__(self, assignment: dict[str, Any], workspace: str, outdir: str,
-                 uid: int | None, preloaded_python: bool, netns_fd: int | None = None) -> None:
+    def __init__(self, assignment: dict[str, Any], workspace: str, code_workspace: str,
+                 outdir: str, io: ChildIO, launcher: Any, uid: int | None) -> None:
         self.a = assignment
-        self.netns_fd = netns_fd
-        self.workspace = workspace
+        self.workspace = workspace  # as this runner sees it
+        self.code_workspace = code_workspace  # as the code sees it
         self.outdir = outdir
+        self.io = io
+        self.launcher = launcher
         self.uid = uid
-        self.preloaded_python = preloaded_python
         self.limits = Limits(assignment.get("limits") or {})
         self.timeout_s = float(assignment.get("timeout_s") or 30.0)
         self.output_cap = int(assignment.get("output_cap_bytes") or 1024 * 1024)
         self.result_cap = int(assignment.get("result_cap_bytes") or 1024 * 1024)
         self.child_pid = 0
         self.cancelled = False
+        self.artifact_fds: list[int] = []
 
     # -- preparation ---------------------------------------------------------------------
 
     def write_files(self) -> None:
+        """Into a workspace no code has run in yet (fresh for every worker)."""
         files: dict[str, str] = self.a.get("files") or {}
         for name, content in files.items():
             path = os.path.join(self.workspace, _safe_relpath(name))
@@ -246,10 +373,11 @@ class Run:
                     os.lchown(os.path.join(root, n), self.uid, self.uid)
 
     def child_env(self) -> dict[str, str]:
+        ws = self.code_workspace
         env = {
             "PATH": SAFE_PATH,
-            "HOME": self.workspace,
-            "TMPDIR": self.workspace,
+            "HOME": ws,
+            "TMPDIR": "/tmp" if ws == "/workspace" else ws,
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
@@ -259,84 +387,34 @@ class Run:
         inp = json.dumps(self.a.get("input"))
         # Reserved names are set last so user env cannot override them.
         env["JOBGATE_INVOCATION_ID"] = str(self.a.get("invocation_id", ""))
-        env["JOBGATE_WORKSPACE"] = self.workspace
-        env["JOBGATE_INPUT_FILE"] = os.path.join(self.workspace, "input.json")
-        env["JOBGATE_ARTIFACTS_DIR"] = os.path.join(self.workspace, "artifacts")
+        env["JOBGATE_WORKSPACE"] = ws
+        env["JOBGATE_INPUT_FILE"] = os.path.join(ws, "input.json")
+        env["JOBGATE_ARTIFACTS_DIR"] = os.path.join(ws, "artifacts")
         if len(inp) <= 32 * 1024:
             env["JOBGATE_INPUT"] = inp
         return env
-
-    # -- the child -----------------------------------------------------------------------
-
-    def _child(self, stdin_path: str | None, stdout_fd: int, stderr_fd: int) -> None:
-        """Runs in the forked child. Never returns."""
-        code = 1
-        try:
-            os.setsid()
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGTERM,
-                        signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            stdin_fd = os.open(stdin_path or os.devnull, os.O_RDONLY)
-            os.dup2(stdin_fd, 0)
-            os.dup2(stdout_fd, 1)
-            os.dup2(stderr_fd, 2)
-            if self.netns_fd is not None:
-                _enter_network_namespace(self.netns_fd)
-            os.closerange(3, 65536)
-            if self.uid is not None:
-                os.setgroups([])
-                os.setgid(self.uid)
-                os.setuid(self.uid)
-            # After setuid: a credential change clears the parent-death signal.
-            _die_with_parent()
-            self.limits.apply(self.uid)
-            os.chdir(self.workspace)
-            env = self.child_env()
-            argv = [str(x) for x in self.a["argv"]]
-            if self.a.get("inprocess") and self.preloaded_python:
-                code = _run_python_inprocess(argv, env, self.workspace)
-            else:
-                try:
-                    os.execvpe(argv[0], argv, env)
-                except OSError as e:
-                    os.write(2, f"jobgate: cannot start {argv[0]}: {e.strerror}\n".encode())
-                    code = EXEC_FAILED_EXIT
-        except MemoryError:
-            code = MEMORY_ERROR_EXIT
-        except BaseException:  # noqa: BLE001 - report anything, the child must not return
-            with contextlib.suppress(BaseException):
-                os.write(2, traceback.format_exc().encode())
-            code = 127
-        os._exit(code)
 
     # -- supervision ---------------------------------------------------------------------
 
     def execute(self, wakeup_fd: int) -> dict[str, Any]:
         t_assigned = _now_ms()
         self.write_files()
-        stdout_path = os.path.join(self.outdir, "stdout")
-        stderr_path = os.path.join(self.outdir, "stderr")
-        stdin_path = None
-        if self.a.get("stdin") is not None:
-            stdin_path = os.path.join(self.outdir, "stdin")
-            with open(stdin_path, "w", encoding="utf-8") as f:
+        has_stdin = self.a.get("stdin") is not None
+        if has_stdin:
+            with open(os.path.join(self.outdir, "stdin"), "w", encoding="utf-8") as f:
                 f.write(self.a["stdin"])
-        out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        err_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        spec = CodeSpec(argv=[str(x) for x in self.a["argv"]], env=self.child_env(),
+                        cwd=self.code_workspace, limits=self.a.get("limits") or {},
+                        inprocess=bool(self.a.get("inprocess")), stdin=has_stdin)
         t_start = _now_ms()
-        pid = os.fork()
-        if pid == 0:
-            self._child(stdin_path, out_fd, err_fd)
+        pid = self.launcher.start(spec, self.io)
         self.child_pid = pid
-        os.close(out_fd)
-        os.close(err_fd)
         status, timed_out = self._wait(pid, wakeup_fd)
+        status = self.launcher.code_status(status)
         t_end = _now_ms()
-        self._kill_leftovers(pid)
-        report = self._collect(status, timed_out, stdout_path, stderr_path)
+        if not self.launcher.contains_leftovers:
+            self._kill_leftovers(pid)
+        report = self._collect(status, timed_out)
         report["timings"] = {
             "prepare_ms": round(t_start - t_assigned, 3),
             "run_ms": round(t_end - t_start, 3),
@@ -375,7 +453,8 @@ class Run:
 
     def _killpg(self, pgid: int) -> None:
         # The child itself too: killed within its first moments, it may not have called
-        # setsid yet, and then there is no group of that id to kill.
+        # setsid yet, and then there is no group of that id to kill. (A sandbox's init:
+        # killing it kills its whole pid namespace.)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pgid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -402,10 +481,9 @@ class Run:
 
     # -- results -------------------------------------------------------------------------
 
-    def _collect(self, status: int, timed_out: bool, stdout_path: str,
-                 stderr_path: str) -> dict[str, Any]:
-        out, out_size = _read_capped(stdout_path, self.output_cap)
-        err, err_size = _read_capped(stderr_path, self.output_cap)
+    def _collect(self, status: int, timed_out: bool) -> dict[str, Any]:
+        out, out_size = _read_capped(os.path.join(self.outdir, "stdout"), self.output_cap)
+        err, err_size = _read_capped(os.path.join(self.outdir, "stderr"), self.output_cap)
         exit_code: int | None = None
         signal_num: int | None = None
         if os.WIFEXITED(status):
@@ -430,13 +508,20 @@ class Run:
             "result_error": None,
             "artifacts": [],
             "artifact_error": None,
-            "workspace": self.workspace,
-            "workspace_base": os.path.dirname(self.workspace),
+            "workspace": self.code_workspace,
+            "workspace_base": os.path.dirname(self.outdir),
         }
         if reason == "StartFailed":
             report["error"] = _text(err).strip()
-        self._collect_result(report)
-        self._collect_artifacts(report)
+        try:
+            ws_fd = os.open(self.workspace, _DIR_FLAGS)
+        except OSError:
+            return report
+        try:
+            self._collect_result(report, ws_fd)
+            self._collect_artifacts(report, ws_fd)
+        finally:
+            os.close(ws_fd)
         return report
 
     def _reason(self, exit_code: int | None, signal_num: int | None, timed_out: bool,
@@ -447,6 +532,8 @@ class Run:
             return "StartFailed"
         if timed_out or signal_num in (signal.SIGXCPU,):
             return "Timeout"
+        if signal_num == signal.SIGKILL and self.launcher.oom_killed():
+            return "MemoryLimit"
         if signal_num == signal.SIGKILL and self.limits.cpu_seconds:
             # The hard CPU rlimit kills with SIGKILL one second after SIGXCPU.
             return "Timeout"
@@ -457,14 +544,17 @@ class Run:
             return "OutputLimit"
         if exit_code == MEMORY_ERROR_EXIT or (exit_code and _looks_out_of_memory(err)):
             return "MemoryLimit"
+        if exit_code and self.launcher.scratch_full():
+            return "DiskLimit"
         if exit_code == 0:
             return None
         return "NonZeroExit"
 
-    def _collect_result(self, report: dict[str, Any]) -> None:
-        path = os.path.join(self.workspace, "result.json")
+    def _collect_result(self, report: dict[str, Any], ws_fd: int) -> None:
+        """result.json, opened relative to the workspace without following a link and
+        without blocking (a FIFO there must not hold the runner)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open("result.json", _FILE_FLAGS, dir_fd=ws_fd)
         except FileNotFoundError:
             return
         except OSError as e:
@@ -486,51 +576,107 @@ class Run:
         except (ValueError, UnicodeDecodeError) as e:
             report["result_error"] = f"result.json is not valid JSON: {e}"
 
-    def _collect_artifacts(self, report: dict[str, Any]) -> None:
+    def _collect_artifacts(self, report: dict[str, Any], ws_fd: int) -> None:
+        """Every regular file under artifacts/, walked by descriptor: no link is followed
+        (not even artifacts/ itself), FIFOs, sockets and devices are skipped unopened or
+        without blocking. Each one kept is copied into the runner's private directory,
+        so nothing the code controls is read again after this."""
         spec = self.a.get("artifacts") or {}
         max_count = int(spec.get("max_count") or 100)
         max_file = int(spec.get("max_file_bytes") or 100 * 1024 * 1024)
         max_total = int(spec.get("max_total_bytes") or 500 * 1024 * 1024)
-        root = os.path.join(self.workspace, "artifacts")
+        try:
+            art_fd = os.open("artifacts", _DIR_FLAGS, dir_fd=ws_fd)
+        except OSError:
+            return  # missing, a link, or not a directory: no artifacts
         found: list[dict[str, Any]] = []
         total = 0
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                full = os.path.join(dirpath, fname)
-                rel = os.path.relpath(full, root)
-                try:
-                    fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
-                except OSError:
-                    continue  # symlinks and vanished files are not artifacts
-                with os.fdopen(fd, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    if not _stat_is_file(st):
+        store = os.path.join(self.outdir, "artifacts")
+        try:
+            for dirpath, dirnames, filenames, dir_fd in os.fwalk(
+                    ".", dir_fd=art_fd, follow_symlinks=False):
+                dirnames.sort()
+                for fname in sorted(filenames):
+                    rel = os.path.normpath(os.path.join(dirpath, fname))
+                    if not _printable_name(rel):
                         continue
-                    if len(found) >= max_count:
-                        report["artifact_error"] = (
-                            f"more than {max_count} artifacts; the rest were not kept"
-                        )
-                        report["artifacts"] = found
-                        return
-                    if st.st_size > max_file:
-                        report["artifact_error"] = (
-                            f"artifact {rel!r} is {st.st_size} bytes, over the per-artifact "
-                            f"limit of {max_file}"
-                        )
-                        continue
-                    if total + st.st_size > max_total:
-                        report["artifact_error"] = (
-                            f"artifacts exceed the total limit of {max_total} bytes"
-                        )
-                        continue
-                    digest = hashlib.sha256()
-                    while chunk := f.read(1024 * 1024):
-                        digest.update(chunk)
-                    total += st.st_size
-                    found.append({"name": rel, "size": st.st_size,
-                                  "sha256": digest.hexdigest(), "path": full})
+                    try:
+                        fd = os.open(fname, _FILE_FLAGS, dir_fd=dir_fd)
+                    except OSError:
+                        continue  # links and vanished files are not artifacts
+                    with os.fdopen(fd, "rb") as f:
+                        st = os.fstat(f.fileno())
+                        if not _stat_is_file(st):
+                            continue
+                        if len(found) >= max_count:
+                            report["artifact_error"] = (
+                                f"more than {max_count} artifacts; the rest were not kept"
+                            )
+                            report["artifacts"] = found
+                            return
+                        if st.st_size > max_file:
+                            report["artifact_error"] = (
+                                f"artifact {rel!r} is {st.st_size} bytes, over the "
+                                f"per-artifact limit of {max_file}"
+                            )
+                            continue
+                        if total + st.st_size > max_total:
+                            report["artifact_error"] = (
+                                f"artifacts exceed the total limit of {max_total} bytes"
+                            )
+                            continue
+                        size, digest, path = self._keep(f, store, len(found), max_file)
+                        total += size
+                        found.append({"name": rel, "size": size, "sha256": digest,
+                                      "path": path})
+        finally:
+            os.close(art_fd)
         report["artifacts"] = found
+
+    def _keep(self, f: Any, store: str, index: int, cap: int) -> tuple[int, str, str]:
+        """Where an artifact is read from later. The gateway reads the local executor's
+        (a copy in the runner's private directory); a worker uploading itself reads the
+        descriptor it already holds, so a pod's size-limited disk holds no second copy."""
+        if self.a.get("keep_workspace"):
+            if index == 0:
+                os.mkdir(store, 0o700)
+            path = os.path.join(store, str(index))
+            size, digest = _copy_out(f, path, cap)
+            return size, digest, path
+        digest = hashlib.sha256()
+        size = 0
+        while size <= cap and (chunk := f.read(1024 * 1024)):
+            digest.update(chunk)
+            size += len(chunk)
+        fd = os.dup(f.fileno())
+        self.artifact_fds.append(fd)
+        return size, digest.hexdigest(), f"/proc/self/fd/{fd}"
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _printable_name(name: str) -> bool:
+    """Artifact names become storage keys and URLs: UTF-8 without control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def _copy_out(src: Any, dest: str, cap: int) -> tuple[int, str]:
+    """Copy an open file (at most ``cap`` bytes: it cannot grow, the code is gone, but a
+    size is only trusted once read) and hash it on the way."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(dest, "xb") as out:
+        while size <= cap and (chunk := src.read(1024 * 1024)):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------
@@ -776,26 +922,29 @@ def _send(conn: socket.socket, status: int, body: bytes,
 
 
 class Worker:
-    """One worker: a workspace, a listening socket, one assignment."""
+    """One worker: a workspace, a listening socket, one assignment.
+
+    With a ``sandbox`` (a factory from the zygote) the workspace lives in the worker's own
+    scratch filesystem and the code runs under the sandbox's init; without one, in a
+    directory of the host and forked straight from here."""
 
     def __init__(self, listener: socket.socket, token: str, workspace_root: str,
-                 uid: int | None, preloaded_python: bool, netns_fd: int | None = None) -> None:
+                 uid: int | None, preloaded_python: bool, netns_fd: int | None = None,
+                 sandbox: Any = None, seccomp_program: bytes | None = None) -> None:
         self.listener = listener
-        self.netns_fd = netns_fd
         self.token = token
         self.uid = uid
-        self.preloaded_python = preloaded_python
         os.makedirs(workspace_root, exist_ok=True)
         self.base = _mkdtemp(workspace_root)
-        self.workspace = os.path.join(self.base, "ws")
         self.outdir = os.path.join(self.base, "out")
-        # The base is traversable so a worker uid reaches its workspace; the output
-        # directory stays private to the runner.
-        os.chmod(self.base, 0o711)
-        os.mkdir(self.workspace, 0o700)
         os.mkdir(self.outdir, 0o700)
-        if uid is not None:
-            os.chown(self.workspace, uid, uid)
+        # Opened now, ahead of need: the sandbox's init holds them from its fork on.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.io = ChildIO(
+            stdout_fd=os.open(os.path.join(self.outdir, "stdout"), flags, 0o600),
+            stderr_fd=os.open(os.path.join(self.outdir, "stderr"), flags, 0o600),
+            private_dir_fd=os.open(self.outdir, _DIR_FLAGS),
+            netns_fd=netns_fd)
         signal.signal(signal.SIGTERM, _on_sigterm)
         _become_subreaper()
         self.keep_workspace = False
@@ -803,6 +952,24 @@ class Worker:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        if sandbox is not None:
+            def child(data: bytes) -> None:
+                run_code(CodeSpec.from_json(data), self.io, uid, preloaded_python,
+                         seccomp_program)
+
+            self.launcher: Any = sandbox(self.base, uid, self.io.fds(), child)
+            self.workspace = self.launcher.workspace
+            self.code_workspace = CODE_WORKSPACE
+        else:
+            self.workspace = os.path.join(self.base, "ws")
+            # The base is traversable so a worker uid reaches its workspace; the output
+            # directory stays private to the runner.
+            os.chmod(self.base, 0o711)
+            os.mkdir(self.workspace, 0o700)
+            if uid is not None:
+                os.chown(self.workspace, uid, uid)
+            self.launcher = DirectLauncher(uid, preloaded_python, seccomp_program)
+            self.code_workspace = self.workspace
 
     def serve(self, idle_timeout_s: float | None = None) -> int:
         """Answer health checks until the one assignment arrives; run it; exit."""
@@ -858,10 +1025,12 @@ class Worker:
                 # The local executor stores artifacts straight from the workspace and
                 # removes it itself; everywhere else the worker cleans up after reporting.
                 self.keep_workspace = bool(assignment.get("keep_workspace"))
-                run = Run(assignment, self.workspace, self.outdir, self.uid,
-                          self.preloaded_python, self.netns_fd)
+                run = Run(assignment, self.workspace, self.code_workspace, self.outdir,
+                          self.io, self.launcher, self.uid)
                 conn.settimeout(None)
                 report = run.execute(self.wake_r)
+                # Before the answer: the gateway may end this process once it has it.
+                self._close_launcher()
                 if assignment.get("uploads"):
                     upload_outputs(report, assignment["uploads"])
                 status = 200
@@ -873,7 +1042,13 @@ class Worker:
             _send(conn, status, json.dumps(report).encode())
             return True
 
+    def _close_launcher(self) -> None:
+        close = getattr(self.launcher, "close", None)
+        if close is not None:
+            close()
+
     def cleanup(self) -> None:
+        self._close_launcher()
         if not self.keep_workspace:
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -945,16 +1120,104 @@ def _preload() -> None:
             importlib.import_module(name)
 
 
-def zygote_main(workspace_root: str, preload_python: bool) -> int:
+def _sibling(name: str) -> Any:
+    """A module beside this file, under a private name: the runner runs with -I (no
+    script directory on sys.path), and user code must not shadow it or be shadowed."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_jobgate_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Protections:
+    """What the zygote could set up for its workers, each with the reason it could not."""
+
+    def __init__(self) -> None:
+        self.missing: dict[str, str] = {}
+        self.sandbox: Any = None  # a factory of WorkerSandbox, or None
+        self.seccomp_program: bytes | None = None
+        self.cgroup_version = ""
+
+    def setup(self, workspace_root: str, readonly: list[str], cgroup_name: str,
+              scratch_default: int) -> None:
+        self._seccomp()
+        sandbox = _sibling("sandbox")
+        reason = sandbox.available()
+        if reason:
+            for what in ("filesystem", "pid", "scratch", "cgroups"):
+                self.missing[what] = reason
+            return
+        tree = self._cgroups(cgroup_name)
+        template = os.path.join(workspace_root, f".root-{os.getpid()}")
+        try:
+            os.mkdir(template, 0o700)
+            sandbox.enter_private_mounts()
+            sandbox.RootTemplate(template).build(
+                [*readonly, sys.prefix, sys.base_prefix, sys.exec_prefix,
+                 sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))])
+        except OSError as e:
+            for what in ("filesystem", "pid", "scratch"):
+                self.missing[what] = f"the sandbox could not be built: {e}"
+            return
+
+        def make(base: str, uid: int | None, keep_fds: list[int], child: Any,
+                 scratch_bytes: int = scratch_default) -> Any:
+            group = tree.group(os.path.basename(base)) if tree is not None else None
+            return sandbox.WorkerSandbox(template, base, uid, scratch_bytes, group,
+                                         keep_fds, child)
+
+        self.sandbox = make
+
+    def _seccomp(self) -> None:
+        global _SECCOMP_INSTALL
+        try:
+            seccomp = _sibling("seccomp_filter")
+            self.seccomp_program = seccomp.build()
+            _SECCOMP_INSTALL = seccomp.install
+        except Exception as e:  # noqa: BLE001 - SeccompUnavailable, or a broken library
+            self.missing["seccomp"] = str(e) or type(e).__name__
+
+    def _cgroups(self, name: str) -> Any:
+        try:
+            cgroups = _sibling("cgroups")
+            support = cgroups.detect()
+            if support is None or getattr(support, "reason", None):
+                reason = getattr(support, "reason", None) or "no usable cgroup hierarchy"
+                self.missing["cgroups"] = reason
+                return None
+            tree = cgroups.CgroupTree.create(name)
+            tree.remove_stale()
+            self.cgroup_version = str(getattr(support, "version", ""))
+            return tree
+        except Exception as e:  # noqa: BLE001 - CgroupUnavailable or OSError: say so
+            self.missing["cgroups"] = str(e) or type(e).__name__
+            return None
+
+    def hello(self) -> bytes:
+        return json.dumps({"missing": self.missing, "cgroups": self.cgroup_version},
+                          separators=(",", ":")).encode()
+
+
+def zygote_main(workspace_root: str, preload_python: bool, sandboxed: bool = False,
+                readonly: tuple[str, ...] = (), cgroup_name: str = "jobgate") -> int:
     """Fork workers on request. Protocol on stdin/stdout, one line each:
 
-        in:  spawn <worker_id> <token> <uid|-> <isolate_net 0|1> <idle_timeout_s>
+        out: zygote <pid> <protections JSON: what could not be set up, and why>
+        in:  spawn <worker_id> <token> <uid|-> <isolate_net 0|1> <idle_timeout_s> <scratch_mb>
         out: ready <worker_id> <pid> <port> <net_isolated 0|1>
              failed <worker_id> <message>
     """
     if preload_python:
         _preload()
     _libc()
+    protections = Protections()
+    if sandboxed:
+        protections.setup(workspace_root, list(readonly), cgroup_name, 512 * 1024 * 1024)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
     out = sys.stdout.buffer
@@ -962,13 +1225,13 @@ def zygote_main(workspace_root: str, preload_python: bool) -> int:
     # The zygote ends with the gateway that started it, even one killed outright.
     _die_with_parent(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    out.write(b"zygote %d\n" % os.getpid())
+    out.write(b"zygote %d %s\n" % (os.getpid(), protections.hello()))
     out.flush()
     for line in sys.stdin.buffer:
         parts = line.decode().split()
-        if not parts or parts[0] != "spawn" or len(parts) != 6:
+        if not parts or parts[0] != "spawn" or len(parts) != 7:
             continue
-        worker_id, token, uid_s, net_s, idle_s = parts[1:]
+        worker_id, token, uid_s, net_s, idle_s, scratch_s = parts[1:]
         uid = None if uid_s == "-" else int(uid_s)
         try:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -991,7 +1254,12 @@ def zygote_main(workspace_root: str, preload_python: bool) -> int:
                     os._exit(0)  # the zygote died before we could ask
                 netns = _empty_network_namespace() if net_s == "1" else None
                 isolated = netns is not None
-                worker = Worker(listener, token, workspace_root, uid, preload_python, netns)
+                sandbox = None
+                if protections.sandbox is not None:
+                    sandbox = functools.partial(protections.sandbox,
+                                                scratch_bytes=int(scratch_s) * 1024 * 1024)
+                worker = Worker(listener, token, workspace_root, uid, preload_python, netns,
+                                sandbox, protections.seccomp_program)
                 out.write(f"ready {worker_id} {os.getpid()} {port} {int(isolated)}\n".encode())
                 out.flush()
                 devnull = os.open(os.devnull, os.O_RDWR)
@@ -1031,12 +1299,28 @@ def serve_main() -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[1] == "zygote":
-        root = argv[2] if len(argv) > 2 else os.path.join(os.getcwd(), "workspaces")
-        preload = "--python" in argv
-        return zygote_main(root, preload)
+        args = argv[2:]
+        root = args.pop(0) if args and not args[0].startswith("--") else \
+            os.path.join(os.getcwd(), "workspaces")
+        readonly: list[str] = []
+        cgroup_name = "jobgate"
+        flags = set()
+        while args:
+            arg = args.pop(0)
+            if arg in ("--ro", "--cgroup") and args:
+                value = args.pop(0)
+                if arg == "--ro":
+                    readonly.append(value)
+                else:
+                    cgroup_name = value
+            else:
+                flags.add(arg)
+        return zygote_main(root, "--python" in flags, "--sandbox" in flags,
+                           tuple(readonly), cgroup_name)
     if len(argv) >= 2 and argv[1] == "serve":
         return serve_main()
-    print("usage: runner.py zygote WORKSPACE_ROOT [--python] | runner.py serve", file=sys.stderr)
+    print("usage: runner.py zygote WORKSPACE_ROOT [--python] [--sandbox] [--ro PATH]... "
+          "[--cgroup NAME] | runner.py serve", file=sys.stderr)
     return 2
 
 

@@ -186,3 +186,32 @@ def running_gateway(tmp: Path, **env: str) -> Iterator[GatewayProcess]:
         yield gw
     finally:
         gw.stop()
+
+
+def code_pid(invocation_id: str) -> int | None:
+    """The host pid of an invocation's code: the process whose environment carries its id
+    (the runner sets JOBGATE_INVOCATION_ID for the code alone)."""
+    needle = f"JOBGATE_INVOCATION_ID={invocation_id}\0".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env + b"\0":
+            return int(pid)
+    return None
+
+
+def ancestors(pid: int) -> list[int]:
+    """pid, its parent, its parent's parent, ... up to pid 1 (host view)."""
+    chain = [pid]
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        chain.append(pid)
+    return chain

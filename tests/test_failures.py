@@ -11,7 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import invoke, running_gateway, wait_until
+from tests.support import (
+    GatewayProcess,
+    ancestors,
+    code_pid,
+    invoke,
+    running_gateway,
+    wait_until,
+)
 
 PY = "python3.11"
 
@@ -120,18 +127,14 @@ def test_killed_by_a_signal(client: httpx.Client) -> None:
     assert body["exit_code"] == 128 + signal.SIGSEGV
 
 
-def test_cancel_while_running_kills_the_code(client: httpx.Client, tmp_path: Path) -> None:
-    r = invoke(client, profile="bash", mode="async",
-               code="echo $$ > /tmp/jobgate-test-cancel-$JOBGATE_INVOCATION_ID; sleep 60")
+def test_cancel_while_running_kills_the_code(client: httpx.Client) -> None:
+    r = invoke(client, profile="bash", mode="async", code="sleep 60")
     inv_id = r.json()["id"]
-    pid_file = Path(f"/tmp/jobgate-test-cancel-{inv_id}")
-    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout_s=10)
-    pid = int(pid_file.read_text())
+    pid = wait_until(lambda: code_pid(inv_id), timeout_s=10, message="code is running")
     body = client.post(f"/v1/invocations/{inv_id}/cancel").json()
     assert (body["status"], body["reason"]) == ("cancelled", "Cancelled")
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout_s=5,
                message="cancelled code is gone")
-    pid_file.unlink()
 
 
 def test_cancel_while_queued(tmp_path: Path) -> None:
@@ -146,25 +149,16 @@ def test_cancel_while_queued(tmp_path: Path) -> None:
 
 
 @pytest.mark.local_only  # on Kubernetes: test_kubernetes.py deletes the worker pod
-def test_worker_lost_when_the_worker_dies(client: httpx.Client) -> None:
+def test_worker_lost_when_the_worker_dies(client: httpx.Client,
+                                          gateway: GatewayProcess) -> None:
     r = invoke(client, profile="bash", mode="async", code="sleep 60")
     inv_id = r.json()["id"]
-    # The code's parent is its runner (the worker); kill the worker, not the code.
-    # (An exec'd runtime shows its environment in /proc; that is how the test finds it.)
-    def runner_pid() -> int | None:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                continue
-            if f"JOBGATE_INVOCATION_ID={inv_id}".encode() in env:
-                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        return None
-
-    ppid = wait_until(runner_pid, timeout_s=10, message="code is running")
-    os.kill(ppid, signal.SIGKILL)
+    pid = wait_until(lambda: code_pid(inv_id), timeout_s=10, message="code is running")
+    # Kill the worker (the runner), not the code: the gateway's zygote's child.
+    assert gateway.proc is not None
+    chain = ancestors(pid)
+    runner = chain[chain.index(gateway.proc.pid) - 2]
+    os.kill(runner, signal.SIGKILL)
     body = client.get(f"/v1/invocations/{inv_id}", params={"wait": 15}).json()
     assert (body["status"], body["reason"]) == ("error", "WorkerLost")
 

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     local_uid_range: str = "auto"
     # Local executor: an empty network namespace for profiles without network (root only).
     local_isolate_network: bool = True
+    # Local executor: the sandbox (namespaces, read-only root, scratch tmpfs, cgroups,
+    # seccomp). "auto": every protection this machine allows, and a warning naming each
+    # one it does not; "required": refuse to start without all of them; "off": none of
+    # the namespaces or cgroups (a baseline for benchmarks, not for untrusted code).
+    local_sandbox: Literal["auto", "required", "off"] = "auto"
 
     # -- Kubernetes executor (JOBGATE_EXECUTOR=kubernetes) --------------------------------
     k8s_namespace: str = "jobgate"

@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import signal
+import stat
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
+import orjson
+
 from gateway.config.profiles import Profile, ProfileCatalog, interpreter_path
 from gateway.config.settings import Settings
-from gateway.errors import ExecutorUnavailable, WorkerStartFailed
+from gateway.errors import ConfigError, ExecutorUnavailable, WorkerStartFailed
 from gateway.executors.base import Executor, Worker
 from gateway.executors.pool import WarmPool
 from gateway.executors.runner_client import RunnerClient
@@ -94,26 +99,90 @@ def _traversable_by_others(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents] if p.exists())
 
 
-def workspace_root(data_dir: Path, own_uids: bool) -> Path:
-    """Where workers make their workspaces. A worker running as its own uid must be able
-    to reach it: when the data dir sits below a private directory (say /root), use a
-    directory of our own under the system temp dir instead."""
-    preferred = (data_dir / "workspaces").resolve()
-    if not own_uids or _traversable_by_others(preferred.parent):
-        return preferred
-    import hashlib
-    import tempfile
+def check_safe_ancestors(path: Path) -> None:
+    """Refuse a directory another user could swap out from under us: every directory
+    leading to it must be ours (or root's), and not writable by others unless sticky
+    (like /tmp, where nobody can rename what is not theirs)."""
+    me = os.geteuid()
+    for parent in [path, *path.parents]:
+        try:
+            st = os.lstat(parent)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ConfigError(f"{parent} is a symbolic link: give the real path")
+        if st.st_uid not in (0, me):
+            raise ConfigError(f"{parent} belongs to uid {st.st_uid}: another user could "
+                              "replace the directories below it")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise ConfigError(f"{parent} is writable by others: another user could "
+                              "replace the directories below it")
 
-    tag = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()).resolve() / f"jobgate-workspaces-{tag}"
+
+def workspace_root(data_dir: Path, own_uids: bool, sandboxed: bool) -> Path:
+    """Where workers make their workspaces. With the sandbox, the code never walks the
+    host path (its workspace is bound at /workspace), so it stays inside the data dir,
+    private. Without it, a worker running as its own uid must reach its directory: when
+    the data dir sits below a private directory (say /root), a directory of our own
+    with a random name is made under the system temp dir (mkdtemp: never an existing
+    path someone planted)."""
+    preferred = data_dir.resolve() / "workspaces"
+    if sandboxed or not own_uids or _traversable_by_others(preferred.parent):
+        return preferred
+    return Path(tempfile.mkdtemp(prefix="jobgate-workspaces-"))
+
+
+def prepare_workspace_root(root: Path, mode: int) -> None:
+    """An empty directory of ours at ``root``, made without following a planted link.
+    What is there from an earlier run belongs to workers that are gone."""
+    root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_safe_ancestors(root.parent)
+    try:
+        st: os.stat_result | None = os.lstat(root)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        root.unlink()  # a link or a file where our directory belongs
+    elif st is not None:
+        shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(root, 0o700)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise ConfigError(f"{root} is not a directory of ours")
+    os.chmod(root, mode)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:64]
+
+
+def sandbox_protections(hello: object) -> dict[str, str]:
+    missing = hello.get("missing") if isinstance(hello, dict) else None
+    return {str(k): str(v) for k, v in missing.items()} if isinstance(missing, dict) else {}
+
+
+PROTECTION_NAMES = {
+    "filesystem": "a private filesystem view (read-only root, no host paths)",
+    "pid": "a private pid namespace (other processes invisible)",
+    "scratch": "a size-limited private workspace, /tmp and /dev/shm",
+    "cgroups": "per-invocation memory, pids and CPU limits (cgroups)",
+    "seccomp": "the seccomp filter",
+    "uids": "a uid of its own for every worker",
+    "network": "an empty network namespace for profiles without network",
+}
 
 
 class Zygote:
     """One pre-imported parent process that forks workers of one profile."""
 
     def __init__(self, profile: Profile, workspace_root: Path, isolate_net: bool,
-                 idle_timeout_s: float):
+                 idle_timeout_s: float, sandboxed: bool = False, cgroup_name: str = ""):
         self.profile = profile
+        self.sandboxed = sandboxed
+        self.cgroup_name = cgroup_name
+        # What the zygote said it could not set up for its workers, and why.
+        self.missing: dict[str, str] = {}
         self.workspace_root = workspace_root
         self.isolate_net = isolate_net
         self.idle_timeout_s = idle_timeout_s
@@ -125,13 +194,26 @@ class Zygote:
 
     def _command(self) -> list[str]:
         runner = str(resources.files("runtimes").joinpath("runner.py"))
+        options = []
+        if self.sandboxed:
+            options = ["--sandbox", "--cgroup", self.cgroup_name]
         if self.profile.inprocess:
             interp = interpreter_path(self.profile.command[0])
             if interp is None:
                 raise WorkerStartFailed(f"{self.profile.command[0]} is not installed")
-            return [interp, "-I", runner, "zygote", str(self.workspace_root), "--python"]
+            return [interp, "-I", runner, "zygote", str(self.workspace_root), "--python",
+                    *options]
         interp = interpreter_path("python3") or sys.executable
-        return [interp, "-I", runner, "zygote", str(self.workspace_root)]
+        if self.sandboxed:
+            # The program the profile runs must be visible in the sandbox: where it is
+            # installed, when that is outside the system directories.
+            program = interpreter_path(self.profile.command[0])
+            if program is not None:
+                options += ["--ro", str(Path(os.path.realpath(program)).parent.parent)]
+        return [interp, "-I", runner, "zygote", str(self.workspace_root), *options]
+
+    async def start(self) -> None:
+        await self._ensure()
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         async with self._lock:
@@ -146,6 +228,11 @@ class Zygote:
             hello = await asyncio.wait_for(self.proc.stdout.readline(), SPAWN_TIMEOUT_S)
             if not hello.startswith(b"zygote "):
                 raise WorkerStartFailed(f"zygote of {self.profile.name} did not start")
+            parts = hello.split(maxsplit=2)
+            try:
+                self.missing = sandbox_protections(orjson.loads(parts[2]))
+            except (IndexError, orjson.JSONDecodeError):
+                self.missing = {"filesystem": "the zygote did not say what it set up"}
             self._reader = asyncio.create_task(self._read(self.proc),
                                                name=f"zygote:{self.profile.name}")
             return self.proc
@@ -185,7 +272,7 @@ class Zygote:
         self._pending[worker_id] = fut
         net = "1" if self.isolate_net and not self.profile.network else "0"
         line = (f"spawn {worker_id} {token} {'-' if uid is None else uid} {net} "
-                f"{self.idle_timeout_s:g}\n")
+                f"{self.idle_timeout_s:g} {self.profile.workspace_mb}\n")
         proc.stdin.write(line.encode())
         try:
             await proc.stdin.drain()
@@ -226,19 +313,45 @@ class LocalExecutor(Executor):
         self.profiles = profiles
         uid_range = parse_uid_range(settings.local_uid_range)
         self._uids = UidAllocator(*uid_range) if uid_range else None
-        self.workspace_root = workspace_root(Path(settings.data_dir), self._uids is not None)
+        self.missing = self._missing_before_start()
+        self.sandboxed = settings.local_sandbox != "off" and "filesystem" not in self.missing
+        self.workspace_root = workspace_root(Path(settings.data_dir), self._uids is not None,
+                                             self.sandboxed)
+        check_safe_ancestors(self.workspace_root.parent)
         self._zygotes: dict[str, Zygote] = {}
         self._pools: dict[str, WarmPool] = {}
         self._client = RunnerClient()
         self._net_isolation_reported = False
         self.identity = f"local-{os.uname().nodename}-{os.getpid()}-{new_token(3)}"
 
+    def _missing_before_start(self) -> dict[str, str]:
+        """The protections ruled out before any zygote starts, with the reason."""
+        missing: dict[str, str] = {}
+        if self.settings.local_sandbox == "off":
+            missing = {name: "JOBGATE_LOCAL_SANDBOX=off" for name in
+                       ("filesystem", "pid", "scratch", "cgroups", "seccomp")}
+        if self._uids is None:
+            why = ("not running as root" if os.geteuid() != 0
+                   else "JOBGATE_LOCAL_UID_RANGE=off")
+            missing["uids"] = why
+            # The sandbox runs the code as a uid of its own: without one, no sandbox.
+            for name in ("filesystem", "pid", "scratch", "cgroups"):
+                missing.setdefault(name, why)
+        if not self.settings.local_isolate_network:
+            missing["network"] = "JOBGATE_LOCAL_ISOLATE_NETWORK=false"
+        elif os.geteuid() != 0:
+            missing["network"] = "not running as root"
+        return missing
+
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
+        tag = hashlib.sha256(str(self.workspace_root).encode()).hexdigest()[:12]
         for profile in self.profiles.all():
             zygote = Zygote(profile, self.workspace_root,
                             self.settings.local_isolate_network,
-                            self.settings.worker_idle_timeout_s)
+                            self.settings.worker_idle_timeout_s,
+                            sandboxed=self.sandboxed,
+                            cgroup_name=f"jobgate-{tag}-{_safe_name(profile.name)}")
             self._zygotes[profile.name] = zygote
             pool = WarmPool(
                 profile.name, executor=self.name,
@@ -250,15 +363,38 @@ class LocalExecutor(Executor):
                 spawn_rate=200.0, spawn_parallelism=4,
             )
             self._pools[profile.name] = pool
+        await self._report_protections()
+        for pool in self._pools.values():
             pool.start()
 
+    async def _report_protections(self) -> None:
+        """Start every zygote now, so the log says at start exactly which protections the
+        workers lack, and why (and "required" refuses to start without them)."""
+        results = await asyncio.gather(*(z.start() for z in self._zygotes.values()),
+                                       return_exceptions=True)
+        missing = dict(self.missing)
+        for zygote, result in zip(self._zygotes.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("profile %s: its zygote did not start: %s", zygote.profile.name,
+                            result)
+                continue
+            for name, why in zygote.missing.items():
+                missing.setdefault(name, f"{why} (profile {zygote.profile.name})")
+        self.missing = missing
+        if not missing:
+            log.info("local executor: every worker is sandboxed (namespaces, read-only "
+                     "root, scratch filesystem, cgroups, seccomp, own uid, no network)")
+            return
+        lines = "; ".join(f"{PROTECTION_NAMES.get(k, k)}: {v}" for k, v in missing.items())
+        if self.settings.local_sandbox == "required":
+            raise ConfigError(f"JOBGATE_LOCAL_SANDBOX=required, but workers would lack "
+                              f"{lines}")
+        log.warning("local executor: workers run WITHOUT %s", lines)
+
     def _prepare_dirs(self) -> None:
-        if self.workspace_root.exists():
-            # Workspaces of a previous run belong to workers that are gone.
-            shutil.rmtree(self.workspace_root, ignore_errors=True)
-        self.workspace_root.mkdir(parents=True, exist_ok=True)
-        # Workers switch to their own uid: they must reach their own workspace only.
-        os.chmod(self.workspace_root, 0o711)
+        # Sandboxed, workers never walk this path; otherwise a worker's own uid must pass
+        # through it (and reaches only its own directory, 0700, inside).
+        prepare_workspace_root(self.workspace_root, 0o700 if self.sandboxed else 0o711)
 
     async def stop(self) -> None:
         await asyncio.gather(*(p.stop() for p in self._pools.values()))
