@@ -5,7 +5,9 @@ skipped where cgroups are not usable). Every group lives in a tree named
 ``jobgate-test-<pid>-<random>`` that its fixture removes, leftovers killed first; every
 process a test forks is killed and reaped at teardown, and every wait is bounded.
 The v2 layout is tested against fake directory trees (parsing, detection, the files
-written and read), since a v1 machine cannot run it for real.
+written and read), since a v1 machine cannot run v2 limits for real; a v2 group's joining
+and removal (cgroup.kill) do run for real on the controller-less cgroup2 mount of a hybrid
+machine.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from runtimes.cgroups import (
+    CgroupDir,
     CgroupTree,
     CgroupUnavailable,
     InvocationGroup,
@@ -491,6 +494,58 @@ def test_costs_are_reported(tree: CgroupTree, forker: Forker, channel: Channel,
         for name, samples in costs.items():
             print(f"  {name:20} {statistics.median(samples) * 1000:8.3f} / "
                   f"{max(samples) * 1000:8.3f}")
+
+
+def _unified_dir() -> str | None:
+    """This process's cgroup on a cgroup2 mount (on a hybrid machine: the controller-less
+    one), or None."""
+    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    own = next((m for m in parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+                if m.hierarchy_id == "0"), None)
+    mount = next((m for m in mounts if m.fstype == "cgroup2" and m.root == "/"), None)
+    if own is None or mount is None:
+        return None
+    path = os.path.normpath(mount.point + "/" + own.path)
+    return path if os.access(path, os.W_OK) else None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or _unified_dir() is None, reason="no writable cgroup2")
+@pytest.mark.timeout(60)
+def test_v2_join_attach_and_remove_on_a_real_cgroup2(forker: Forker, channel: Channel) -> None:
+    """The v2 group's membership and removal (cgroup.kill, wait, rmdir) for real, on this
+    machine's cgroup2 mount. Without controllers there, limits and usage cannot run."""
+    base = _unified_dir()
+    assert base is not None
+    name = f"jobgate-test-{os.getpid()}-{secrets.token_hex(3)}"
+    tree = CgroupTree(name, 2, (CgroupDir(frozenset({"memory", "pids", "cpu"}),
+                                          os.path.join(base, name)),))
+    os.mkdir(tree.dirs[0].path)
+    try:
+        group = tree.group("w1")
+        assert type(group).__name__ == "_V2Group"
+        sleeper = forker.fork(lambda: time.sleep(30))
+        group.attach(sleeper)
+
+        def init() -> None:
+            group.join_fds().join()
+            for _ in range(3):
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+            channel.send("forked")
+            time.sleep(30)
+
+        pid = forker.fork(init)
+        assert channel.receive() == "forked"
+        _wait_for(lambda: len(_members(group)[0]) == 5)
+        assert group.remove()
+        assert not os.path.exists(group.dirs[0].path)
+        assert os.WTERMSIG(forker.wait(pid)) == signal.SIGKILL
+        assert os.WTERMSIG(forker.wait(sleeper)) == signal.SIGKILL
+    finally:
+        if os.path.isdir(os.path.join(tree.dirs[0].path, "w1")):
+            tree.group("w1").remove()  # a failed test's leftovers (processes it forked)
+        assert tree.remove()
 
 
 # ---------------------------------------------------------------------------------------
