@@ -532,7 +532,9 @@ class Run:
             return "StartFailed"
         if timed_out or signal_num in (signal.SIGXCPU,):
             return "Timeout"
-        if signal_num == signal.SIGKILL and self.launcher.oom_killed():
+        if self.launcher.oom_killed():
+            # Any process of the invocation killed for its memory fails it all, whatever
+            # the main process made of that (cgroup v2's memory.oom.group, for v1 too).
             return "MemoryLimit"
         if signal_num == signal.SIGKILL and self.limits.cpu_seconds:
             # The hard CPU rlimit kills with SIGKILL one second after SIGXCPU.
@@ -953,11 +955,22 @@ class Worker:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         if sandbox is not None:
-            def child(data: bytes) -> None:
-                run_code(CodeSpec.from_json(data), self.io, uid, preloaded_python,
-                         seccomp_program)
+            # The init enters the network namespace and installs the filter once, ahead
+            # of need; the code's process inherits both (setns is among the calls the
+            # filter refuses, so it could not come later anyway).
+            def lockdown() -> None:
+                if netns_fd is not None:
+                    _enter_network_namespace(netns_fd)
+                if seccomp_program is not None:
+                    _SECCOMP_INSTALL(seccomp_program)
 
-            self.launcher: Any = sandbox(self.base, uid, self.io.fds(), child)
+            code_io = ChildIO(self.io.stdout_fd, self.io.stderr_fd, self.io.private_dir_fd,
+                              netns_fd=None)
+
+            def child(data: bytes) -> None:
+                run_code(CodeSpec.from_json(data), code_io, uid, preloaded_python, None)
+
+            self.launcher: Any = sandbox(self.base, uid, self.io.fds(), child, lockdown)
             self.workspace = self.launcher.workspace
             self.code_workspace = CODE_WORKSPACE
         else:
@@ -1142,17 +1155,17 @@ class Protections:
         self.sandbox: Any = None  # a factory of WorkerSandbox, or None
         self.seccomp_program: bytes | None = None
         self.cgroup_version = ""
+        self.tree: Any = None
 
     def setup(self, workspace_root: str, readonly: list[str], cgroup_name: str,
               scratch_default: int) -> None:
-        self._seccomp()
         sandbox = _sibling("sandbox")
         reason = sandbox.available()
         if reason:
             for what in ("filesystem", "pid", "scratch", "cgroups"):
                 self.missing[what] = reason
             return
-        tree = self._cgroups(cgroup_name)
+        tree = self.tree = self._cgroups(cgroup_name)
         template = os.path.join(workspace_root, f".root-{os.getpid()}")
         try:
             os.mkdir(template, 0o700)
@@ -1165,15 +1178,15 @@ class Protections:
                 self.missing[what] = f"the sandbox could not be built: {e}"
             return
 
-        def make(base: str, uid: int | None, keep_fds: list[int], child: Any,
+        def make(base: str, uid: int | None, keep_fds: list[int], child: Any, lockdown: Any,
                  scratch_bytes: int = scratch_default) -> Any:
             group = tree.group(os.path.basename(base)) if tree is not None else None
             return sandbox.WorkerSandbox(template, base, uid, scratch_bytes, group,
-                                         keep_fds, child)
+                                         keep_fds, child, lockdown)
 
         self.sandbox = make
 
-    def _seccomp(self) -> None:
+    def seccomp(self) -> None:
         global _SECCOMP_INSTALL
         try:
             seccomp = _sibling("seccomp_filter")
@@ -1186,17 +1199,26 @@ class Protections:
         try:
             cgroups = _sibling("cgroups")
             support = cgroups.detect()
-            if support is None or getattr(support, "reason", None):
-                reason = getattr(support, "reason", None) or "no usable cgroup hierarchy"
-                self.missing["cgroups"] = reason
+            if support.version is None:
+                self.missing["cgroups"] = support.reason
                 return None
-            tree = cgroups.CgroupTree.create(name)
+            tree = cgroups.CgroupTree.create(name, support)
             tree.remove_stale()
-            self.cgroup_version = str(getattr(support, "version", ""))
+            self.cgroup_version = f"v{support.version}"
             return tree
         except Exception as e:  # noqa: BLE001 - CgroupUnavailable or OSError: say so
             self.missing["cgroups"] = str(e) or type(e).__name__
             return None
+
+    def close(self) -> None:
+        """The cgroup tree goes once its workers' groups have (they remove their own as
+        they exit, which takes a moment after ours)."""
+        if self.tree is None:
+            return
+        for _ in range(40):
+            if self.tree.remove():
+                return
+            time.sleep(0.05)
 
     def hello(self) -> bytes:
         return json.dumps({"missing": self.missing, "cgroups": self.cgroup_version},
@@ -1204,7 +1226,8 @@ class Protections:
 
 
 def zygote_main(workspace_root: str, preload_python: bool, sandboxed: bool = False,
-                readonly: tuple[str, ...] = (), cgroup_name: str = "jobgate") -> int:
+                readonly: tuple[str, ...] = (), cgroup_name: str = "jobgate",
+                seccomp: bool = False) -> int:
     """Fork workers on request. Protocol on stdin/stdout, one line each:
 
         out: zygote <pid> <protections JSON: what could not be set up, and why>
@@ -1216,6 +1239,8 @@ def zygote_main(workspace_root: str, preload_python: bool, sandboxed: bool = Fal
         _preload()
     _libc()
     protections = Protections()
+    if seccomp:
+        protections.seccomp()
     if sandboxed:
         protections.setup(workspace_root, list(readonly), cgroup_name, 512 * 1024 * 1024)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
@@ -1227,6 +1252,15 @@ def zygote_main(workspace_root: str, preload_python: bool, sandboxed: bool = Fal
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     out.write(b"zygote %d %s\n" % (os.getpid(), protections.hello()))
     out.flush()
+    try:
+        _serve_spawns(out, zygote_pid, workspace_root, preload_python, protections)
+    finally:
+        protections.close()
+    return 0
+
+
+def _serve_spawns(out: Any, zygote_pid: int, workspace_root: str, preload_python: bool,
+                  protections: Protections) -> None:
     for line in sys.stdin.buffer:
         parts = line.decode().split()
         if not parts or parts[0] != "spawn" or len(parts) != 7:
@@ -1273,7 +1307,6 @@ def zygote_main(workspace_root: str, preload_python: bool, sandboxed: bool = Fal
                 code = 1
             os._exit(code)
         listener.close()
-    return 0
 
 
 def serve_main() -> int:
@@ -1316,10 +1349,11 @@ def main(argv: list[str]) -> int:
             else:
                 flags.add(arg)
         return zygote_main(root, "--python" in flags, "--sandbox" in flags,
-                           tuple(readonly), cgroup_name)
+                           tuple(readonly), cgroup_name, "--seccomp" in flags)
     if len(argv) >= 2 and argv[1] == "serve":
         return serve_main()
-    print("usage: runner.py zygote WORKSPACE_ROOT [--python] [--sandbox] [--ro PATH]... "
+    print("usage: runner.py zygote WORKSPACE_ROOT [--python] [--sandbox] [--seccomp] "
+          "[--ro PATH]... "
           "[--cgroup NAME] | runner.py serve", file=sys.stderr)
     return 2
 

@@ -344,7 +344,8 @@ class WorkerSandbox:
     contains_leftovers = True
 
     def __init__(self, root: str, base: str, uid: int | None, scratch_bytes: int,
-                 cgroup: Any, keep_fds: list[int], child: Callable[[bytes], None]) -> None:
+                 cgroup: Any, keep_fds: list[int], child: Callable[[bytes], None],
+                 lockdown: Callable[[], None]) -> None:
         if uid is None:
             raise OSError("a sandbox needs a uid of its own for the code")
         mountpoint = os.path.join(base, "scratch")
@@ -359,7 +360,7 @@ class WorkerSandbox:
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
         pid = fork_into_new_pid_namespace()
         if pid == 0:
-            self._init(root, ctl_r, status_w, keep_fds, child)
+            self._init(root, ctl_r, status_w, keep_fds, child, lockdown)
         os.close(ctl_r)
         os.close(status_w)
         self.init_pid = pid
@@ -372,7 +373,7 @@ class WorkerSandbox:
     # -- in the init ---------------------------------------------------------------------
 
     def _init(self, root: str, ctl_r: int, status_w: int, keep_fds: list[int],
-              child: Callable[[bytes], None]) -> None:
+              child: Callable[[bytes], None], lockdown: Callable[[], None]) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -385,6 +386,7 @@ class WorkerSandbox:
                 self.cgroup.attach(0)  # 0: this process (it is pid 1 only in its namespace)
             enter_init_namespaces(root)
             _close_all_except([*keep_fds, ctl_r, status_w])
+            lockdown()  # the network namespace and the seccomp filter, inherited by the code
             data = _read_all(ctl_r)
             os.close(ctl_r)
             if not data:
@@ -412,9 +414,9 @@ class WorkerSandbox:
         if self.cgroup is not None:
             limits = spec.limits
             # The init counts among the processes: one more than the code's budget.
-            self.cgroup.set_limits(memory_bytes=int(limits.get("memory_bytes") or 0),
+            self.cgroup.set_limits(memory_bytes=int(limits.get("memory_bytes") or 0) or None,
                                    pids=int(limits.get("nproc") or 0) + 1,
-                                   cpu_millis=int(limits.get("cpu_millis") or 0))
+                                   cpu_millis=int(limits.get("cpu_millis") or 0) or None)
         data = spec.to_json()
         view = memoryview(data)
         while view:

@@ -154,7 +154,7 @@ def prepare_workspace_root(root: Path, mode: int) -> None:
 
 
 def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:64]
+    return "".join(c if c.isascii() and c.isalnum() or c == "-" else "_" for c in name)[:64]
 
 
 def sandbox_protections(hello: object) -> dict[str, str]:
@@ -177,9 +177,11 @@ class Zygote:
     """One pre-imported parent process that forks workers of one profile."""
 
     def __init__(self, profile: Profile, workspace_root: Path, isolate_net: bool,
-                 idle_timeout_s: float, sandboxed: bool = False, cgroup_name: str = ""):
+                 idle_timeout_s: float, sandboxed: bool = False, cgroup_name: str = "",
+                 seccomp: bool = False):
         self.profile = profile
         self.sandboxed = sandboxed
+        self.seccomp = seccomp
         self.cgroup_name = cgroup_name
         # What the zygote said it could not set up for its workers, and why.
         self.missing: dict[str, str] = {}
@@ -194,9 +196,9 @@ class Zygote:
 
     def _command(self) -> list[str]:
         runner = str(resources.files("runtimes").joinpath("runner.py"))
-        options = []
+        options = ["--seccomp"] if self.seccomp else []
         if self.sandboxed:
-            options = ["--sandbox", "--cgroup", self.cgroup_name]
+            options += ["--sandbox", "--cgroup", self.cgroup_name]
         if self.profile.inprocess:
             interp = interpreter_path(self.profile.command[0])
             if interp is None:
@@ -351,6 +353,7 @@ class LocalExecutor(Executor):
                             self.settings.local_isolate_network,
                             self.settings.worker_idle_timeout_s,
                             sandboxed=self.sandboxed,
+                            seccomp=self.settings.local_sandbox != "off",
                             cgroup_name=f"jobgate-{tag}-{_safe_name(profile.name)}")
             self._zygotes[profile.name] = zygote
             pool = WarmPool(
