@@ -161,6 +161,8 @@ def test_the_api_delivers_to_the_mapped_form_of_an_allowed_loopback(tmp_path: Pa
                 inv_id = r.json()["id"]
                 [cb] = receiver.wait_for(lambda got: len(got) >= 1)
                 assert cb.json()["id"] == inv_id
+                port = receiver.server.server_address[1]
+                assert cb.headers["host"] == f"[::ffff:127.0.0.1]:{port}"  # bracketed
                 wait_until(lambda: c.get(f"/v1/invocations/{inv_id}").json()
                            ["callback"]["status"] == "delivered")
         finally:
