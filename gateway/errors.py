@@ -37,6 +37,20 @@ class UnsupportedMediaType(JobgateError):
     code = "UnsupportedMediaType"
 
 
+class RequestTimeout(JobgateError):
+    """The request head or body did not arrive in time (answered by the HTTP server)."""
+
+    status = 408
+    code = "RequestTimeout"
+
+
+class RequestHeadersTooLarge(JobgateError):
+    """Too many request header bytes or fields (answered by the HTTP server)."""
+
+    status = 431
+    code = "RequestHeadersTooLarge"
+
+
 class ProfileNotFound(InvalidInput):
     code = "ProfileNotFound"
 

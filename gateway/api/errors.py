@@ -8,7 +8,7 @@ import logging
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.api.responses import error_response, from_error
@@ -41,6 +41,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(code, str(exc.detail), exc.status_code)
 
 
+async def client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client went away mid-body, or the server's body timeout cut it off (and answered
+    # 408): nobody reads this answer, but metrics count it as 499, as nginx would.
+    log.info("client gone during %s %s", request.method, request.url.path)
+    return error_response("ClientDisconnected", "the client went away", 499)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response("Internal", "internal error; it was logged", 500)
@@ -50,5 +57,6 @@ HANDLERS = {
     JobgateError: jobgate_error,
     ValidationError: validation_error,
     HTTPException: http_error,
+    ClientDisconnect: client_disconnect,
     Exception: unexpected_error,
 }

@@ -142,13 +142,14 @@ class CallbackDeliverer:
             target = await self.policy.resolve(url)
         except CallbackRefused as e:
             return "refused", None, e.message, time.monotonic() - t0
+        name = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "jobgate-callbacks/1",
             EVENT_HEADER: EVENT,
             DELIVERY_HEADER: delivery_id,
             SIGNATURE_HEADER: sign(secret, body),
-            "Host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
+            "Host": name if target.port in (80, 443) else f"{name}:{target.port}",
         }
         # Dial the address that was checked, not a fresh DNS answer (DNS rebinding).
         ip = target.address

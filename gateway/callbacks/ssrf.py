@@ -2,7 +2,13 @@
 resolves to a loopback, private, link-local or otherwise non-public address is refused
 unless the operator allow-listed it (JOBGATE_CALLBACK_ALLOW: CIDRs or host names).
 Checked when the call is accepted and again, against the address actually dialled, at
-every delivery (a DNS answer can change in between)."""
+every delivery (a DNS answer can change in between).
+
+An IPv6 address that carries an IPv4 address (mapped, compatible, translated, NAT64,
+6to4, Teredo, ISATAP) is judged by every IPv4 address it carries, allow list included: a
+dual-stack socket, a translator or a tunnel on the path delivers it there, so
+``64:ff9b::7f00:1`` is 127.0.0.1 on a NAT64 network. Any other IPv6 address must be
+global unicast (2000::/3) and public."""
 
 from __future__ import annotations
 
@@ -14,8 +20,49 @@ from urllib.parse import urlsplit
 
 from gateway.errors import CallbackRefused
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPv4 = ipaddress.IPv4Address
+IPv6 = ipaddress.IPv6Address
+IPAddress = IPv4 | IPv6
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_net6 = ipaddress.IPv6Network
+# Prefixes that exist to carry an IPv4 address in the last 32 bits.
+LAST_32_BITS = (
+    _net6("::ffff:0:0/96"),    # IPv4-mapped (RFC 4291)
+    _net6("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765)
+    _net6("64:ff9b::/96"),     # NAT64 well-known prefix (RFC 6052)
+    # NAT64 local-use (RFC 8215): its layout is the operator's; the usual /96 one puts the
+    # IPv4 address last. See docs/security.md for the shorter layouts.
+    _net6("64:ff9b:1::/48"),
+)
+IPV4_COMPATIBLE = _net6("::/96")  # deprecated (RFC 4291), still routed by some stacks
+GLOBAL_UNICAST = _net6("2000::/3")
+# Documentation ranges (RFC 3849, RFC 9637): Python 3.11 takes 3fff::/20 for global.
+DOCUMENTATION_V6 = (_net6("2001:db8::/32"), _net6("3fff::/20"))
+# ISATAP interface ids (RFC 5214): ::5efe:a.b.c.d and ::200:5efe:a.b.c.d, under any
+# prefix; the mask ignores the u and g bits.
+ISATAP_MASK, ISATAP_ID = 0xFCFF_FFFF, 0x0000_5EFE
+
+
+def prefix_ipv4(addr: IPv6) -> tuple[IPv4, ...]:
+    """The IPv4 addresses carried by a prefix that exists to carry them (mapped,
+    translated, NAT64, compatible, 6to4, Teredo server and client); empty for others."""
+    value = int(addr)
+    if any(addr in net for net in LAST_32_BITS):
+        return (IPv4(value & 0xFFFF_FFFF),)
+    if addr in IPV4_COMPATIBLE and value > 1:  # :: and ::1 are IPv6's own
+        return (IPv4(value & 0xFFFF_FFFF),)
+    if addr.sixtofour is not None:
+        return (addr.sixtofour,)
+    if addr.teredo is not None:
+        return addr.teredo
+    return ()
+
+
+def isatap_ipv4(addr: IPv6) -> IPv4 | None:
+    """The IPv4 address in an ISATAP interface id, whatever the prefix."""
+    value = int(addr)
+    return IPv4(value & 0xFFFF_FFFF) if (value >> 32) & ISATAP_MASK == ISATAP_ID else None
 
 
 @dataclass(frozen=True)
@@ -36,14 +83,29 @@ class CallbackPolicy:
             except ValueError:
                 self.hosts.add(entry.lower().rstrip("."))
 
-    def _address_allowed(self, addr: IPAddress) -> bool:
-        if any(addr in net for net in self.networks):
-            return True
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-            if any(addr in net for net in self.networks):
-                return True
-        return addr.is_global and not addr.is_multicast
+    def _listed(self, addr: IPAddress) -> bool:
+        return any(addr in net for net in self.networks)
+
+    def _ipv4_allowed(self, addr: IPv4) -> bool:
+        return self._listed(addr) or (addr.is_global and not addr.is_multicast)
+
+    def refusal(self, addr: IPAddress) -> IPAddress | None:
+        """The address that makes ``addr`` refused (itself, or an IPv4 address it
+        carries), or None when ``addr`` may be dialled."""
+        if self._listed(addr):
+            return None
+        if isinstance(addr, IPv4):
+            return None if self._ipv4_allowed(addr) else addr
+        carried = prefix_ipv4(addr)
+        isatap = isatap_ipv4(addr)
+        for v4 in (*carried, *([isatap] if isatap else [])):
+            if not self._ipv4_allowed(v4):
+                return v4
+        if carried:  # the prefix only carries them: the IPv4 addresses are the destination
+            return None
+        public = (addr in GLOBAL_UNICAST and addr.is_global
+                  and not any(addr in net for net in DOCUMENTATION_V6))
+        return None if public else addr
 
     @staticmethod
     def parse(url: str) -> tuple[str, str, int]:
@@ -80,11 +142,19 @@ class CallbackPolicy:
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if host in self.hosts:
             return ResolvedTarget(scheme, host, port, addresses[0])
-        refused = [a for a in addresses if not self._address_allowed(ipaddress.ip_address(a))]
-        if refused:
+        for address in addresses:
+            addr = ipaddress.ip_address(address)
+            why = self.refusal(addr)
+            if why is None:
+                continue
+            details = {"url": url, "address": address}
+            carries = ""
+            if why != addr:
+                carries = f", which carries {why}"
+                details["carried_ipv4"] = str(why)
             raise CallbackRefused(
-                f"callback host {host!r} resolves to a non-public address ({refused[0]}); "
-                "an operator can allow it with JOBGATE_CALLBACK_ALLOW",
-                {"url": url, "address": refused[0]},
+                f"callback host {host!r} resolves to a non-public address ({address}"
+                f"{carries}); an operator can allow it with JOBGATE_CALLBACK_ALLOW",
+                details,
             )
         return ResolvedTarget(scheme, host, port, addresses[0])

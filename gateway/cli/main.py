@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from gateway.api.app import StartupError, create_app
+    from gateway.api.server import HttpLimits, LimitedHttpProtocol
     from gateway.config.settings import Settings
 
     try:
@@ -62,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # gateway closes connections a client or balancer is about to reuse.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, timeout_keep_alive=75,
+                http=LimitedHttpProtocol.with_limits(HttpLimits.from_settings(settings)),
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5)
     return 0
 

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     # empty: http://HOST:PORT of this process (right for the local executor).
     worker_gateway_url: str = ""
 
+    # -- HTTP server: limits on a connection, before the app sees the request ----------
+    # The request line and headers together (like h11's and Node's 16 KiB).
+    http_max_header_bytes: int = Field(16 * 1024, ge=1024)
+    http_max_headers: int = Field(100, gt=0)
+    # From the first byte of a request until its last header line.
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    # The longest gap between two pieces of a request body.
+    http_body_timeout_s: float = Field(30.0, gt=0)
+
     # -- authentication -----------------------------------------------------------------
     # Comma-separated "tenant:sha256hex" entries (hashes of the keys, never the keys).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
