@@ -167,6 +167,20 @@ def render(report: dict[str, Any], image_prefix: str = "") -> str:
                       _f(s.get("gateway_cpu_ms_per_invocation")),
                       _f(s.get("workers_cpu_ms_per_invocation"))]
                      for s in report["scenarios"]]), ""]
+    sandbox = report.get("sandbox")
+    if sandbox:
+        out += ["## The sandbox's cost", "",
+                "Two local gateways, the sandbox on (the default) and off "
+                "(`JOBGATE_LOCAL_SANDBOX=off`), take alternate sequential sync calls of a "
+                "trivial program, so both see the same machine at the same moments "
+                "(client-side ms; `python -m loadtests.sandbox_compare` alone).", ""]
+        rows = [[profile, _f(f["sandbox"]["p50_ms"]), _f(f["sandbox"]["p99_ms"]),
+                 _f(f["off"]["p50_ms"]), _f(f["off"]["p99_ms"]),
+                 _f(f["sandbox"].get("adds_p50_ms")), _f(f["sandbox"].get("adds_p99_ms")),
+                 str(f["sandbox"]["count"])]
+                for profile, f in sandbox.items()]
+        out += [*_table(["runtime", "sandbox p50", "p99", "off p50", "p99", "adds p50",
+                         "adds p99", "calls"], rows), ""]
     steady = report["headline"].get("steady")
     if steady and steady.get("pool"):
         pool = steady["pool"]

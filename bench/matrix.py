@@ -25,6 +25,9 @@ class Matrix:
     cold_runner_calls: int
     background_s: float
     scenarios: tuple[Scenario, ...]
+    # Alternating sync calls per runtime to a sandboxed and an unsandboxed local gateway
+    # (the sandbox's cost, measured side by side; 0: not measured).
+    sandbox_calls: int = 0
 
 
 def _print(users: int, duration_s: float, *, gateway: str = "pooled", sweep: bool = True,
@@ -65,12 +68,14 @@ def _steady_at(users: int, duration_s: float, rps: float) -> Scenario:
                     duration_s, PRINT, total_rps=rps, warmup_s=2.0, watch_pool=True)
 
 
-SMOKE = Matrix("smoke", raw_calls=5, cold_runner_calls=3, background_s=0.5, scenarios=(
+SMOKE = Matrix("smoke", raw_calls=5, cold_runner_calls=3, background_s=0.5, sandbox_calls=5,
+               scenarios=(
     _print(1, 3, warmup_s=0.5),
     _callback(1, 3, warmup_s=0.5),
 ))
 
-QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0, scenarios=(
+QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0,
+               sandbox_calls=60, scenarios=(
     _print(1, 6),
     _print(4, 4),
     _print(16, 4),
@@ -83,7 +88,8 @@ QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0, sc
     _print(1, 4, gateway="nopool"),
 ))
 
-FULL = Matrix("full", raw_calls=200, cold_runner_calls=100, background_s=3.0, scenarios=(
+FULL = Matrix("full", raw_calls=200, cold_runner_calls=100, background_s=3.0,
+              sandbox_calls=300, scenarios=(
     _print(1, 30),
     _print(4, 20),
     _print(16, 20),

@@ -21,6 +21,7 @@ TARGET_OVERHEAD_P99_MS = 25.0
 TARGET_RPS = 500.0
 TARGET_K8S_WARM_P50_MS = 30.0
 TARGET_K8S_WARM_P99_MS = 100.0
+TARGET_SANDBOX_P50_MS = 3.0
 
 
 def _matches(name: str, primary: str) -> bool:
@@ -132,7 +133,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def headline(scenarios: list[dict[str, Any]], baselines: dict[str, dict[str, Any]],
-             executor: str, k8s: dict[str, Any] | None) -> dict[str, Any]:
+             executor: str, k8s: dict[str, Any] | None,
+             sandbox: dict[str, Any] | None = None) -> dict[str, Any]:
     """The top-level figures of report.json."""
     one = _find(scenarios, "print-1u")
     raw = baselines.get("raw")
@@ -165,6 +167,9 @@ def headline(scenarios: list[dict[str, Any]], baselines: dict[str, dict[str, Any
         "gain_vs_cold_runner_p50_ms": _diff(cold["p50_ms"] if cold else None,
                                             one["p50_ms"] if one else None),
     }
+    python = ((sandbox or {}).get("python3.11") or {}).get("sandbox") or {}
+    out["sandbox_adds_p50_ms"] = python.get("adds_p50_ms")
+    out["sandbox_adds_p99_ms"] = python.get("adds_p99_ms")
     steady_run = next((s for s in scenarios if s["name"].startswith("steady")), None)
     if executor == "kubernetes" and (one or steady_run):
         # Warm claim to result: the gateway's acceptance-to-result time of calls that
@@ -232,6 +237,12 @@ def targets(top: dict[str, Any], executor: str) -> list[dict[str, Any]]:
     else:
         rows.append(row("Kubernetes warm claim to result p50/p99", "<= 30 ms / <= 100 ms",
                         None, None, "not run: EXECUTOR=kubernetes measures it"))
+    s50 = top.get("sandbox_adds_p50_ms")
+    rows.append(row("local sandbox cost p50 (python3.11 print(1), on minus off, alternating)",
+                    f"<= {TARGET_SANDBOX_P50_MS:g} ms", s50,
+                    None if s50 is None else s50 <= TARGET_SANDBOX_P50_MS,
+                    f"p99 {top.get('sandbox_adds_p99_ms')} ms" if s50 is not None
+                    else "not run (local executor and storage only)"))
     steady = top.get("steady")
     if steady:
         pool = steady.get("pool") or {}

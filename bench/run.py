@@ -48,7 +48,7 @@ from bench.services import (
     warm_up,
     write_profiles,
 )
-from loadtests import baselines
+from loadtests import baselines, sandbox_compare
 from loadtests.receiver import CallbackCounter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +207,15 @@ class Run:
                                 and "SECRET" not in k and "KUBECONFIG" not in k}
         return gw
 
+    def sandbox_cost(self) -> dict[str, Any]:
+        """The local sandbox's cost: a sandboxed and an unsandboxed gateway side by side."""
+        calls = self.matrix.sandbox_calls
+        if self.executor != "local" or self.storage != "local" or not calls:
+            return {}
+        say(f"sandbox: {calls} alternating sync calls per runtime, sandbox on and off")
+        return sandbox_compare.measure(self.logs / "sandbox-compare", requests=calls,
+                                       warmup=max(3, calls // 10))
+
     def run_gateway(self, name: str, receiver: CallbackCounter) -> None:
         scenarios = self.scenarios(name)
         if not scenarios:
@@ -313,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
                 "jobgate-bench-callback-secret-0001"))
             run.run_gateway("pooled", receiver)
             run.run_gateway("nopool", receiver)
+            sandbox = run.sandbox_cost()
     except (GatewayRefused, ClusterUnavailable) as e:
         print(f"\nbench: cannot run the {run.executor} executor with {run.storage} storage: "
               f"the gateway (or what it needs) did not start, so there are no numbers.\n"
               f"{e}\nLogs: {run.logs}", file=sys.stderr)
         return 3
 
-    top = headline(run.summaries, base, run.executor, run.k8s_report)
+    top = headline(run.summaries, base, run.executor, run.k8s_report, sandbox)
     report: dict[str, Any] = {
         **{k: v for k, v in top.items()},
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -332,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               else argv)},
         "headline": top, "baselines": base, "scenarios": run.summaries,
         "kubernetes": run.k8s_report or None, "profile": run.profile,
+        "sandbox": sandbox or None,
     }
     report["targets"] = targets(top, run.executor)
     report["scaling"] = scaling(run.summaries, top, facts["usable_cores"], background)

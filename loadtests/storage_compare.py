@@ -12,11 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
+from loadtests.compare import WrongAnswer, alternate
 from loadtests.stats import percentile
 from tests.servers.seaweedfs import SeaweedFS
-from tests.support import KEY_A, GatewayProcess
+from tests.support import GatewayProcess
 
 
 def main() -> int:
@@ -33,30 +32,21 @@ def main() -> int:
     try:
         for gw in gateways.values():
             gw.start(timeout_s=60)
-        clients = {name: httpx.Client(base_url=gw.url, timeout=60,
-                                      headers={"Authorization": f"Bearer {KEY_A}"})
-                   for name, gw in gateways.items()}
-        samples: dict[str, list[float]] = {name: [] for name in gateways}
-        for i in range(args.warmup + args.requests):
-            for name, client in clients.items():
-                r = client.post("/v1/invocations", json={"profile": "python3.11",
-                                                         "code": "print(1)"})
-                body = r.json()
-                if r.status_code != 200 or body.get("stdout") != "1\n":
-                    print(f"{name}: wrong answer {r.status_code} {body}", file=sys.stderr)
-                    return 1
-                if i >= args.warmup:
-                    samples[name].append(r.elapsed.total_seconds() * 1000)
-        for name, s in samples.items():
-            print(f"{name:>5}: p50 {percentile(s, 50):7.2f} ms  p99 {percentile(s, 99):7.2f} ms"
-                  f"  ({len(s)} sequential sync print(1))")
-        print(f"S3 adds: p50 {percentile(samples['s3'], 50) - percentile(samples['local'], 50):.2f}"
-              f" ms, p99 {percentile(samples['s3'], 99) - percentile(samples['local'], 99):.2f} ms")
-        return 0
+        samples = alternate(gateways, {"profile": "python3.11", "code": "print(1)"},
+                            requests=args.requests, warmup=args.warmup)
+    except WrongAnswer as e:
+        print(f"wrong answer: {e}", file=sys.stderr)
+        return 1
     finally:
         for gw in gateways.values():
             gw.stop()
         s3.close()
+    for name, s in samples.items():
+        print(f"{name:>5}: p50 {percentile(s, 50):7.2f} ms  p99 {percentile(s, 99):7.2f} ms"
+              f"  ({len(s)} sequential sync print(1))")
+    print(f"S3 adds: p50 {percentile(samples['s3'], 50) - percentile(samples['local'], 50):.2f}"
+          f" ms, p99 {percentile(samples['s3'], 99) - percentile(samples['local'], 99):.2f} ms")
+    return 0
 
 
 if __name__ == "__main__":

@@ -308,30 +308,69 @@ class DirectLauncher:
     """The code's process forked straight from the runner: no sandbox (not root, or
     turned off). Its leftovers are found through the runner being their subreaper."""
 
-    contains_leftovers = False
-
     def __init__(self, uid: int | None, preloaded_python: bool,
                  seccomp_program: bytes | None) -> None:
         self.uid = uid
         self.preloaded_python = preloaded_python
         self.seccomp_program = seccomp_program
+        self.pid = 0
+        self.pidfd = -1
 
-    def start(self, spec: CodeSpec, io: ChildIO) -> int:
+    def start(self, spec: CodeSpec, io: ChildIO) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             run_code(spec, io, self.uid, self.preloaded_python, self.seccomp_program)
-        return pid
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
 
-    def code_status(self, status: int) -> int:
+    def done_fd(self) -> int:
+        return self.pidfd
+
+    def kill(self) -> None:
+        _killpg(self.pid)
+
+    def finish(self, killed: bool) -> int:
+        """The code's wait status, once nothing it started is left."""
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.pidfd)
+        self._kill_leftovers()
         return status
+
+    def _kill_leftovers(self) -> None:
+        """Nothing the code started may outlive the run. The runner is a child subreaper,
+        so every descendant still alive (even one that left the group with setsid) is
+        reparented to it: no children left means nothing survived, with no /proc scan."""
+        _killpg(self.pid)
+        for _ in range(100):
+            _reap_orphans()
+            if not _has_children():
+                return
+            if self.uid is not None:
+                _kill_all_of_uid(self.uid)
+            else:
+                for child in _children_of(os.getpid()):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(child, signal.SIGKILL)
+            time.sleep(0.002)
 
     def scratch_full(self) -> bool:
         return False
 
     def oom_killed(self) -> bool:
         return False
+
+
+def _killpg(pgid: int) -> None:
+    # The child itself too: killed within its first moments, it may not have called
+    # setsid yet, and then there is no group of that id to kill.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pgid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class Run:
@@ -350,7 +389,6 @@ class Run:
         self.timeout_s = float(assignment.get("timeout_s") or 30.0)
         self.output_cap = int(assignment.get("output_cap_bytes") or 1024 * 1024)
         self.result_cap = int(assignment.get("result_cap_bytes") or 1024 * 1024)
-        self.child_pid = 0
         self.cancelled = False
         self.artifact_fds: list[int] = []
 
@@ -407,13 +445,9 @@ class Run:
                         cwd=self.code_workspace, limits=self.a.get("limits") or {},
                         inprocess=bool(self.a.get("inprocess")), stdin=has_stdin)
         t_start = _now_ms()
-        pid = self.launcher.start(spec, self.io)
-        self.child_pid = pid
-        status, timed_out = self._wait(pid, wakeup_fd)
-        status = self.launcher.code_status(status)
+        self.launcher.start(spec, self.io)
+        status, timed_out = self._wait(wakeup_fd)
         t_end = _now_ms()
-        if not self.launcher.contains_leftovers:
-            self._kill_leftovers(pid)
         report = self._collect(status, timed_out)
         report["timings"] = {
             "prepare_ms": round(t_start - t_assigned, 3),
@@ -421,12 +455,12 @@ class Run:
         }
         return report
 
-    def _wait(self, pid: int, wakeup_fd: int) -> tuple[int, bool]:
-        """Wait for the child, its timeout, or a cancel (SIGTERM via the wakeup fd)."""
+    def _wait(self, wakeup_fd: int) -> tuple[int, bool]:
+        """Wait for the code, its timeout, or a cancel (SIGTERM via the wakeup fd)."""
         deadline = time.monotonic() + self.timeout_s
-        pidfd = os.pidfd_open(pid)
+        done_fd = self.launcher.done_fd()
         poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
+        poller.register(done_fd, select.POLLIN)
         poller.register(wakeup_fd, select.POLLIN)
         timed_out = False
         try:
@@ -436,7 +470,7 @@ class Run:
                     timed_out = True
                     break
                 events = poller.poll(remaining * 1000.0)
-                if any(fd == pidfd for fd, _ in events):
+                if any(fd == done_fd for fd, _ in events):
                     break
                 if any(fd == wakeup_fd for fd, _ in events):
                     with contextlib.suppress(BlockingIOError):
@@ -445,39 +479,11 @@ class Run:
                         self.cancelled = True
                         break
         finally:
-            if timed_out or self.cancelled:
-                self._killpg(pid)
-            _, status = os.waitpid(pid, 0)
-            os.close(pidfd)
+            killed = timed_out or self.cancelled
+            if killed:
+                self.launcher.kill()
+            status = self.launcher.finish(killed)
         return status, timed_out
-
-    def _killpg(self, pgid: int) -> None:
-        # The child itself too: killed within its first moments, it may not have called
-        # setsid yet, and then there is no group of that id to kill. (A sandbox's init:
-        # killing it kills its whole pid namespace.)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pgid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def _kill_leftovers(self, pgid: int) -> None:
-        """Nothing the code started may outlive the run. The runner is a child subreaper,
-        so every descendant still alive (even one that left the group with setsid) is
-        reparented to it: no children left means nothing survived, with no /proc scan."""
-        self._killpg(pgid)
-        for _ in range(100):
-            _reap_orphans()
-            if not _has_children():
-                return
-            if self.uid is not None:
-                _kill_all_of_uid(self.uid)
-            else:
-                for child in _children_of(os.getpid()):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(child, signal.SIGKILL)
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(child, signal.SIGKILL)
-            time.sleep(0.002)
 
     # -- results -------------------------------------------------------------------------
 
@@ -1042,8 +1048,6 @@ class Worker:
                           self.io, self.launcher, self.uid)
                 conn.settimeout(None)
                 report = run.execute(self.wake_r)
-                # Before the answer: the gateway may end this process once it has it.
-                self._close_launcher()
                 if assignment.get("uploads"):
                     upload_outputs(report, assignment["uploads"])
                 status = 200
@@ -1053,7 +1057,10 @@ class Worker:
                           "workspace": self.workspace}
                 status = 200
             _send(conn, status, json.dumps(report).encode())
-            return True
+        # After the answer: the sandbox's teardown (its init's exit, the cgroup) is not the
+        # caller's wait. The gateway lets this process finish it before ending it.
+        self._close_launcher()
+        return True
 
     def _close_launcher(self) -> None:
         close = getattr(self.launcher, "close", None)

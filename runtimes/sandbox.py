@@ -340,9 +340,6 @@ class WorkerSandbox:
     The run costs a pipe write and the init's fork; when the code's process ends, the init
     reports its wait status and exits, and with it every process the code left."""
 
-    # Killing the init kills its pid namespace: the runner need not hunt for leftovers.
-    contains_leftovers = True
-
     def __init__(self, root: str, base: str, uid: int | None, scratch_bytes: int,
                  cgroup: Any, keep_fds: list[int], child: Callable[[bytes], None],
                  lockdown: Callable[[], None]) -> None:
@@ -399,16 +396,23 @@ class WorkerSandbox:
             while True:  # pid 1 reaps every orphan until the code's process is done
                 done, status = os.wait()
                 if done == pid:
-                    os.write(status_w, struct.pack("i", status))
-                    code = 0
                     break
+            # Whatever the code left goes now, before the report: the runner answers as
+            # soon as it has it, while this namespace is still being torn down.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                while True:
+                    os.wait()
+            os.write(status_w, struct.pack("i", status))
+            code = 0
         except BaseException:  # noqa: BLE001 - the runner sees the init's own failure
             code = 1
         os._exit(code)
 
     # -- in the runner -------------------------------------------------------------------
 
-    def start(self, spec: Any, io: Any) -> int:
+    def start(self, spec: Any, io: Any) -> None:
         """Set the invocation's limits, then hand the run to the init (it holds ``io``
         since its fork)."""
         if self.cgroup is not None:
@@ -423,16 +427,31 @@ class WorkerSandbox:
             view = view[os.write(self._ctl_w, view):]
         os.close(self._ctl_w)
         self._ctl_w = -1
-        return self.init_pid
 
-    def code_status(self, init_status: int) -> int:
-        """The code's wait status as the init saw it; the init's own if it reported none
-        (it was killed: timeout, cancel, out of memory)."""
-        data = os.read(self._status_r, 4)
-        self._init_status = init_status
+    def done_fd(self) -> int:
+        """Readable once the init reports (the code and all it started are gone), or
+        dies without a report."""
+        return self._status_r
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.init_pid, signal.SIGKILL)
+
+    def finish(self, killed: bool) -> int:
+        """The code's wait status as the init saw it. Without a report (the init was
+        killed: timeout, cancel, memory), the init's own, once its namespace is gone.
+        With one, the init's exit - and the teardown of its mounts, which waits for the
+        kernel's RCU grace period - is left to ``close``, after the answer."""
+        data = b"" if killed else os.read(self._status_r, 4)
         if len(data) == 4:
             return int(struct.unpack("i", data)[0])
-        return init_status
+        return self._reap_init()
+
+    def _reap_init(self) -> int:
+        if self._init_status is None:
+            with contextlib.suppress(ChildProcessError):
+                self._init_status = os.waitpid(self.init_pid, 0)[1]
+        return self._init_status or 0
 
     def scratch_full(self) -> bool:
         return self.scratch.is_full()
@@ -446,11 +465,9 @@ class WorkerSandbox:
         if self.closed:
             return
         self.closed = True
-        if self._init_status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.init_pid, 0)
+        if self._ctl_w != -1:  # never ran: the init waits for a run that will not come
+            self.kill()
+        self._reap_init()
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 self.cgroup.remove()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from gateway.config.settings import Settings
 from tests.support import ROOT
 
@@ -16,3 +18,23 @@ def test_every_setting_is_documented() -> None:
 def test_readme_starts_with_the_two_commands() -> None:
     head = (ROOT / "README.md").read_text()[:1200]
     assert "make run" in head and "make test" in head
+
+
+def test_the_seccomp_table_is_the_filter() -> None:
+    """docs/security.md shows the filter as it is built, reason by reason."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seccomp_doc",
+                                                  ROOT / "runtimes" / "seccomp_filter.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    assert module.markdown().strip() in (ROOT / "docs" / "security.md").read_text()
+
+
+def test_every_reason_is_documented() -> None:
+    from gateway.models import Reason
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    assert not [r.value for r in Reason if f"| `{r.value}` |" not in text]

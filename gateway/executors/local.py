@@ -3,14 +3,15 @@
 Per profile, one *zygote* (``runtimes/runner.py zygote``) runs on the profile's own
 interpreter for Python profiles (with the common standard library already imported) or on
 the machine's python3 for the others. The warm pool asks it to fork workers ahead of
-need; a worker is ready in about a millisecond and serves exactly one invocation.
+need; a worker serves exactly one invocation.
 
-Isolation, as far as one machine without a sandbox allows: rlimits (address space or data
-segment, CPU seconds, open files, processes, file size), its own session and process
-group, a scrubbed environment, a private workspace. Run as root, each worker also gets a
-uid of its own (so its processes can all be found and killed, and it cannot read the
-gateway's data) and, for profiles without network, an empty network namespace. It is not a
-security boundary: docs/security.md says what is and is not isolated.
+Each worker is a sandbox (``runtimes/sandbox.py``): a read-only root of bind mounts with
+no host paths, a size-limited scratch tmpfs for /workspace, /tmp, /var/tmp and /dev/shm,
+pid/mount/ipc/uts/cgroup namespaces, a cgroup per invocation (memory, pids, CPU), a
+seccomp filter, a uid of its own, an empty network namespace for profiles without
+network, rlimits and a scrubbed environment. Whatever of that the machine cannot give
+(not root, no cgroup controllers) is named in one warning at start; docs/security.md says
+what the boundary holds.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from gateway.models import Assignment, PoolState, WorkerReport
 
 log = logging.getLogger("jobgate.executor.local")
 SPAWN_TIMEOUT_S = 15.0
+# How long a runner that has answered may take to tear its sandbox down and exit.
+RUNNER_EXIT_GRACE_S = 5.0
 
 
 def kill_processes_of_uid(uid: int, rounds: int = 20) -> None:
@@ -61,6 +64,12 @@ def kill_processes_of_uid(uid: int, rounds: int = 20) -> None:
         if not found:
             return
         time.sleep(0.01)
+
+
+def _end_process(pidfd: int) -> None:
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    os.close(pidfd)
 
 
 class UidAllocator:
@@ -154,7 +163,7 @@ def prepare_workspace_root(root: Path, mode: int) -> None:
 
 
 def _safe_name(name: str) -> str:
-    return "".join(c if c.isascii() and c.isalnum() or c == "-" else "_" for c in name)[:64]
+    return "".join(c if (c.isascii() and c.isalnum()) or c == "-" else "_" for c in name)[:64]
 
 
 def sandbox_protections(hello: object) -> dict[str, str]:
@@ -323,6 +332,7 @@ class LocalExecutor(Executor):
         self._zygotes: dict[str, Zygote] = {}
         self._pools: dict[str, WarmPool] = {}
         self._client = RunnerClient()
+        self._pidfds: dict[str, int] = {}
         self._net_isolation_reported = False
         self.identity = f"local-{os.uname().nodename}-{os.getpid()}-{new_token(3)}"
 
@@ -418,6 +428,8 @@ class LocalExecutor(Executor):
             self._net_isolation_reported = True
             log.warning("network isolation is not available here (needs root and "
                         "unshare): profiles without network can still reach the network")
+        with contextlib.suppress(OSError):
+            self._pidfds[worker_id] = os.pidfd_open(pid)
         now = time.monotonic()
         return Worker(id=worker_id, profile=profile.name, address=f"http://127.0.0.1:{port}",
                       token=token, ready_at=now, start_latency_s=now - t0, pid=pid, uid=uid,
@@ -433,9 +445,12 @@ class LocalExecutor(Executor):
         return True
 
     async def _discard(self, worker: Worker) -> None:
-        if worker.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGTERM)
+        pidfd = self._pidfds.pop(worker.id, None)
+        if pidfd is not None:
+            # SIGTERM: an idle runner tears its sandbox down and exits.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            os.close(pidfd)
         self._give_back_uid(worker)
 
     def _give_back_uid(self, worker: Worker) -> None:
@@ -466,10 +481,14 @@ class LocalExecutor(Executor):
         pool.release(worker)
         if report is not None and report.workspace_base:
             await asyncio.to_thread(self._remove_workspace, report.workspace_base)
-        if worker.pid:
-            # The runner exits after reporting; make sure of it (and of a lost one).
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
+        pidfd = self._pidfds.pop(worker.id, None)
+        if pidfd is not None and report is not None:
+            # The runner exits by itself once its sandbox is torn down, after it answered;
+            # it is ended only if it has not within the grace. (A pidfd: a pid reused
+            # in between is never hit.)
+            asyncio.get_running_loop().call_later(RUNNER_EXIT_GRACE_S, _end_process, pidfd)
+        elif pidfd is not None:
+            _end_process(pidfd)  # a lost worker: at once
         if report is None and worker.uid is not None:
             # A lost worker never cleaned up: whatever still runs as its uid goes now,
             # before the uid is handed to another worker.
