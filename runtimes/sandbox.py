@@ -313,9 +313,18 @@ def enter_init_namespaces(root: str) -> None:
     unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
     name = HOSTNAME.encode()
     _check(_libc().sethostname(name, len(name)), "sethostname")
-    # hidepid: the init runs as root; the code sees its own processes only.
-    mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          "hidepid=invisible")
+    # hidepid: the init runs as root; the code sees its own processes only ("invisible"
+    # since Linux 5.8, "2" before; without either, the init's command line shows).
+    target = os.path.join(root, "proc")
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for option in ("hidepid=invisible", "hidepid=2"):
+        try:
+            mount("proc", target, "proc", flags, option)
+            break
+        except OSError:
+            continue
+    else:
+        mount("proc", target, "proc", flags)
     pivot_root(root)
 
 

@@ -43,6 +43,7 @@ from gateway.models import Assignment, PoolState, WorkerReport
 
 log = logging.getLogger("jobgate.executor.local")
 SPAWN_TIMEOUT_S = 15.0
+TEMPORARY_ROOT_PREFIX = "jobgate-workspaces-"
 # How long a runner that has answered may take to tear its sandbox down and exit.
 RUNNER_EXIT_GRACE_S = 5.0
 
@@ -138,7 +139,7 @@ def workspace_root(data_dir: Path, own_uids: bool, sandboxed: bool) -> Path:
     preferred = data_dir.resolve() / "workspaces"
     if sandboxed or not own_uids or _traversable_by_others(preferred.parent):
         return preferred
-    return Path(tempfile.mkdtemp(prefix="jobgate-workspaces-"))
+    return Path(tempfile.mkdtemp(prefix=TEMPORARY_ROOT_PREFIX))
 
 
 def prepare_workspace_root(root: Path, mode: int) -> None:
@@ -413,6 +414,10 @@ class LocalExecutor(Executor):
         await asyncio.gather(*(p.stop() for p in self._pools.values()))
         await asyncio.gather(*(z.stop() for z in self._zygotes.values()))
         await self._client.close()
+        if self.workspace_root.name.startswith(TEMPORARY_ROOT_PREFIX):
+            # A root of our own under the temp dir (no sandbox, private data dir): ours
+            # alone, and gone with us.
+            await asyncio.to_thread(shutil.rmtree, self.workspace_root, True)
 
     async def _spawn(self, profile: Profile) -> Worker:
         t0 = time.monotonic()
