@@ -109,6 +109,10 @@ def _traversable_by_others(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents] if p.exists())
 
 
+_SAFE_DATA_DIR = ("Set JOBGATE_DATA_DIR to a directory whose parents only this user (or "
+                  "root) can change, such as /var/lib/jobgate.")
+
+
 def check_safe_ancestors(path: Path) -> None:
     """Refuse a directory another user could swap out from under us: every directory
     leading to it must be ours (or root's), and not writable by others unless sticky
@@ -123,10 +127,10 @@ def check_safe_ancestors(path: Path) -> None:
             raise ConfigError(f"{parent} is a symbolic link: give the real path")
         if st.st_uid not in (0, me):
             raise ConfigError(f"{parent} belongs to uid {st.st_uid}: another user could "
-                              "replace the directories below it")
+                              f"replace the directories below it. {_SAFE_DATA_DIR}")
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
             raise ConfigError(f"{parent} is writable by others: another user could "
-                              "replace the directories below it")
+                              f"replace the directories below it. {_SAFE_DATA_DIR}")
 
 
 def workspace_root(data_dir: Path, own_uids: bool, sandboxed: bool) -> Path:
