@@ -61,15 +61,28 @@ def _plant_canary(gateway: GatewayProcess) -> str:
 @pytest.mark.parametrize("profile", list(LINK_ARTIFACTS))
 @pytest.mark.parametrize("where", ["data-dir", "etc", "workspaces"])
 def test_artifacts_linked_elsewhere_are_not_collected(
-        client: httpx.Client, gateway: GatewayProcess, profile: str, where: str) -> None:
+        client: httpx.Client, client_b: httpx.Client, gateway: GatewayProcess,
+        profile: str, where: str) -> None:
     canary = _plant_canary(gateway)
+    workspaces = gateway.data_dir / "workspaces"
+    if not workspaces.exists():  # an unsandboxed gateway with a private data dir
+        workspaces = _old_fallback_root(gateway.data_dir)
     target = {"data-dir": str(gateway.data_dir), "etc": "/etc",
-              "workspaces": str(gateway.data_dir / "workspaces")}[where]
+              "workspaces": str(workspaces)}[where]
+    victim = None
+    if where == "workspaces":
+        # Another tenant's call is running, its input (with the canary) in its workspace.
+        victim = invoke(client_b, profile="bash", mode="async", input={"secret": canary},
+                        code="sleep 3").json()
+        wait_until(lambda: client_b.get(f"/v1/invocations/{victim['id']}").json()["status"]
+                   == "running", timeout_s=15)
     body = _ok(invoke(client, profile=profile, code=_fill(LINK_ARTIFACTS[profile], target))
                .json())
     assert "linked" in body["stdout"]
     assert body["artifacts"] == []
     assert canary.encode() not in _artifact_bytes(client, body)
+    if victim is not None:
+        client_b.get(f"/v1/invocations/{victim['id']}", params={"wait": 20})
 
 
 @pytest.mark.parametrize("profile", ["python3.11", "bash"])
@@ -189,33 +202,52 @@ def _old_fallback_root(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()).resolve() / f"jobgate-workspaces-{tag}"
 
 
-@pytest.mark.parametrize("sandbox", ["auto", "off"])
-def test_a_link_planted_for_the_workspace_root_is_not_followed(tmp_path: Path,
-                                                               sandbox: str) -> None:
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    data_dir = private / "data"
+def _bait(tmp_path: Path) -> Path:
     bait = tmp_path / "attacker-dir"
     bait.mkdir()
     bait.chmod(0o777)
+    return bait
+
+
+def _run_and_watch(data_dir: Path, bait: Path, env: dict[str, str]) -> None:
+    """One call, then (idle workers holding their directories) nothing in the bait."""
+    gw = GatewayProcess(data_dir, env=env).start()
+    try:
+        with gw.client() as c:
+            _ok(invoke(c, profile="bash", code="echo hi > mine.txt").json())
+            wait_until(lambda: all(p["idle"] > 0 for p in
+                                   c.get("/v1/pools").json()["items"]), timeout_s=15)
+            assert list(bait.iterdir()) == []
+    finally:
+        gw.stop()
+    assert list(bait.iterdir()) == []
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_a_link_planted_at_the_old_fallback_root_is_not_followed(tmp_path: Path,
+                                                                sandbox: str) -> None:
+    """Row 3: the data dir below a private directory (as under /root), and a link planted
+    in /tmp where the unsandboxed executor used to put workspaces in that case."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    data_dir = private / "data"
+    bait = _bait(tmp_path)
     planted = _old_fallback_root(data_dir)
     planted.symlink_to(bait)
-    # And inside the data dir itself, where workspaces go now.
-    data_dir.mkdir()
-    (data_dir / "workspaces").symlink_to(bait)
     try:
-        gw = GatewayProcess(data_dir, env={"JOBGATE_LOCAL_SANDBOX": sandbox}).start()
-        try:
-            with gw.client() as c:
-                _ok(invoke(c, profile="bash", code="echo hi > mine.txt").json())
-        finally:
-            gw.stop()
-        assert list(bait.iterdir()) == []
+        _run_and_watch(data_dir, bait, {"JOBGATE_LOCAL_SANDBOX": sandbox})
         assert planted.is_symlink()
-        if sandbox == "auto":  # sandboxed, workspaces live in the data dir itself
-            assert not (data_dir / "workspaces").is_symlink()
     finally:
         planted.unlink()
+
+
+def test_a_link_planted_as_the_workspaces_directory_is_replaced(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    bait = _bait(tmp_path)
+    (data_dir / "workspaces").symlink_to(bait)
+    _run_and_watch(data_dir, bait, {})
+    assert not (data_dir / "workspaces").is_symlink()
 
 
 def test_a_data_dir_others_can_write_to_is_refused(tmp_path: Path) -> None:
