@@ -119,6 +119,11 @@ class ObjectNotFound(Exception):
     """A storage key that does not exist (internal; mapped to a 404 of the right kind)."""
 
 
+class ChecksumMismatch(ValueError):
+    """A file's bytes do not match the sha256 it was stored under (internal): raised by
+    every store's ``put_file``, and nothing is stored."""
+
+
 class WorkerLost(Exception):
     """The worker went away before it reported (internal; becomes its ``reason``)."""
 
