@@ -29,6 +29,7 @@ from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import ProfileCatalog
 from gateway.config.settings import Settings
+from gateway.dispatch.keyed_locks import KeyedLocks
 from gateway.dispatch.plan import (
     Plan,
     check_artifact_listing,
@@ -99,7 +100,7 @@ class InvocationService:
         self.replica = replica
         self._live: dict[str, LiveInvocation] = {}
         self._adopting: dict[str, asyncio.Task[None]] = {}
-        self._idem_locks: dict[str, asyncio.Lock] = {}
+        self._idem_locks = KeyedLocks()
         self.accepting = True
 
     # -- submit -------------------------------------------------------------------------
@@ -120,22 +121,19 @@ class InvocationService:
             raise InvalidInput("Idempotency-Key must be at most 255 printable characters")
         key_hash = self.records.hash_idempotency_key(idempotency_key)
         body_hash = hashlib.sha256(raw_body).hexdigest()
-        lock = self._idem_locks.setdefault(f"{tenant}/{key_hash}", asyncio.Lock())
-        async with lock:
-            try:
-                entry = await self.records.idempotency(tenant, key_hash)
-                if entry is not None:
-                    if entry.body_sha256 != body_hash:
-                        raise IdempotencyConflict(
-                            "this Idempotency-Key was used with a different request",
-                            {"invocation_id": entry.invocation_id})
-                    live = self._live.get(entry.invocation_id)
-                    return await self.get(tenant, entry.invocation_id), live
-                return await self._admit_and_start(tenant, req, raw_body, plan,
-                                                   (key_hash, body_hash))
-            finally:
-                if not lock.locked() or len(self._idem_locks) > 10_000:
-                    self._idem_locks.pop(f"{tenant}/{key_hash}", None)
+        # Same-key submissions to this replica take turns: the second finds the first's
+        # entry instead of starting a second invocation.
+        async with self._idem_locks.hold(f"{tenant}/{key_hash}"):
+            entry = await self.records.idempotency(tenant, key_hash)
+            if entry is not None:
+                if entry.body_sha256 != body_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request",
+                        {"invocation_id": entry.invocation_id})
+                live = self._live.get(entry.invocation_id)
+                return await self.get(tenant, entry.invocation_id), live
+            return await self._admit_and_start(tenant, req, raw_body, plan,
+                                               (key_hash, body_hash))
 
     async def _admit_and_start(self, tenant: str, req: InvocationCreate, raw_body: bytes,
                                plan: Plan, idempotency: tuple[str, str] | None
