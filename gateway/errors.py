@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.models import Reason
+
 
 class JobgateError(Exception):
     status = 500
@@ -124,26 +126,29 @@ class ChecksumMismatch(ValueError):
     every store's ``put_file``, and nothing is stored."""
 
 
-class WorkerLost(Exception):
-    """The worker went away before it reported (internal; becomes its ``reason``)."""
+class WorkerFailure(Exception):
+    """A worker could not run an invocation through no fault of its code (internal; its
+    ``reason`` becomes the invocation's). Subclasses name the usual reason; the executor
+    that knows better (a pod's status, say) passes its own."""
 
-    reason = "WorkerLost"
+    reason: Reason = Reason.WorkerLost
 
-    def __init__(self, message: str, reason: str | None = None):
+    def __init__(self, message: str, reason: Reason | None = None):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
 
 
-class WorkerStartFailed(Exception):
-    """No worker could be started for a profile (internal; becomes its ``reason``)."""
+class WorkerLost(WorkerFailure):
+    """The worker went away before it reported."""
 
-    reason = "StartFailed"
+    reason = Reason.WorkerLost
 
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
+
+class WorkerStartFailed(WorkerFailure):
+    """No worker could be started for a profile."""
+
+    reason = Reason.StartFailed
 
 
 class ConfigError(ValueError):

@@ -42,6 +42,8 @@ class Reason(StrEnum):
     StartFailed = "StartFailed"
     ArtifactLimit = "ArtifactLimit"
     StorageUnavailable = "StorageUnavailable"
+    # A bug in the gateway ended the invocation (its log has the traceback).
+    InternalError = "InternalError"
     # The code failed with its workspace (and /tmp) full: the profile's workspace_mb.
     DiskLimit = "DiskLimit"
     # Kubernetes executor: read from the worker pod's and Job's status.
@@ -58,6 +60,7 @@ REASON_STATUS: dict[Reason, Status] = {
     Reason.WorkerLost: Status.error,
     Reason.StartFailed: Status.error,
     Reason.StorageUnavailable: Status.error,
+    Reason.InternalError: Status.error,
     Reason.ImagePullFailed: Status.error,
     Reason.Unschedulable: Status.error,
     Reason.Evicted: Status.error,
@@ -364,7 +367,7 @@ class WorkerReport(BaseModel):
     protocol: int = 1
     exit_code: int | None = None
     signal: int | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     error: str | None = None
     stdout: str = ""
     stderr: str = ""

@@ -4,9 +4,16 @@ decides, seen without real workers (their suites are test_invocations and test_f
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
+import pytest
+
 from gateway.dispatch.keyed_locks import KeyedLocks
+from gateway.errors import WorkerLost, WorkerStartFailed
+from gateway.executors.base import Worker
+from gateway.executors.kubernetes.reasons import PodFailure, start_failure, terminal_failure
+from gateway.models import REASON_STATUS, Assignment, Reason, Status, WorkerReport
 from tests.fakes import FakeExecutor, inprocess_gateway
 
 # -- Idempotency-Key --------------------------------------------------------------------
@@ -71,3 +78,56 @@ async def test_concurrent_posts_with_one_idempotency_key_make_one_invocation(
         assert first.json()["status"] == "succeeded"
         assert len(executor.runs) == 1
         assert len(gw.gateway.service._idem_locks) == 0
+
+
+# -- reasons ----------------------------------------------------------------------------
+
+
+class BrokenExecutor(FakeExecutor):
+    """A bug at the executor seam: run() raises what no executor means to raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+        if not self.broken:
+            return await super().run(worker, assignment)
+        self.runs.append(assignment)
+        raise RuntimeError("boom: a bug, not a lost worker")
+
+
+async def test_a_gateway_bug_ends_the_invocation_as_internal_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    executor = BrokenExecutor()
+    async with inprocess_gateway(tmp_path, executor) as gw:
+        with caplog.at_level(logging.ERROR, logger="jobgate.dispatch"):
+            r = await gw.client.post("/v1/invocations", json={"profile": "fake", "code": "1"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["status"], body["reason"]) == ("error", "InternalError")
+        assert "RuntimeError" in body["message"] and "Traceback" not in body["message"]
+        assert "boom" not in body["message"]
+        # Recorded so, and told so in the log: once, with the traceback.
+        stored = (await gw.client.get(f"/v1/invocations/{body['id']}")).json()
+        assert stored["reason"] == "InternalError"
+        logged = [rec for rec in caplog.records if body["id"] in rec.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+        # The worker it claimed was released, as lost (no report).
+        assert [report for _, report in executor.released] == [None]
+        # The gateway goes on serving.
+        executor.broken = False
+        again = await gw.client.post("/v1/invocations", json={"profile": "fake", "code": "1"})
+        assert again.json()["status"] == "succeeded"
+
+
+def test_reasons_travel_as_enum_values() -> None:
+    assert REASON_STATUS[Reason.InternalError] == Status.error
+    assert WorkerLost("x").reason is Reason.WorkerLost
+    assert WorkerStartFailed("x").reason is Reason.StartFailed
+    assert WorkerLost("x", reason=Reason.Evicted).reason is Reason.Evicted
+    evicted = {"metadata": {}, "status": {"phase": "Failed", "reason": "Evicted"}}
+    assert terminal_failure(evicted) == PodFailure(Reason.Evicted, "the worker pod was evicted")
+    deleted = {"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {}}
+    failure = start_failure(deleted, pull_grace_s=1, unschedulable_after_s=1)
+    assert failure is not None and failure.reason is Reason.WorkerLost

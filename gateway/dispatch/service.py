@@ -46,8 +46,8 @@ from gateway.errors import (
     ObjectNotFound,
     ShuttingDown,
     StorageUnavailable,
+    WorkerFailure,
     WorkerLost,
-    WorkerStartFailed,
 )
 from gateway.executors.base import Executor, Worker
 from gateway.executors.runner_client import WorkerUnreachable
@@ -185,16 +185,21 @@ class InvocationService:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
                 self._fail(record, Reason.WorkerLost, "the gateway shut down during the run")
-        except WorkerStartFailed as e:
-            self._fail(record, Reason(e.reason), str(e))
         except WorkerLost as e:
             if live.cancel_requested:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
-                self._fail(record, Reason(e.reason), str(e))
-        except Exception as e:  # an invocation ends recorded, whatever happens
-            log.exception("invocation %s failed inside the gateway", record.id)
-            self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
+                self._fail(record, e.reason, str(e))
+        except WorkerFailure as e:
+            self._fail(record, e.reason, str(e))
+        except StorageUnavailable as e:  # reading a report the worker stored
+            self._fail(record, Reason.StorageUnavailable, e.message)
+        except Exception as e:  # a bug of ours: the invocation ends recorded all the same
+            log.exception("invocation %s: an internal error of the gateway ended it",
+                          record.id)
+            self._fail(record, Reason.InternalError,
+                        f"the gateway failed while running the invocation ({type(e).__name__}); "
+                        "this is a bug in the gateway, and its log has the details")
         finally:
             if not live.abandoned:
                 await self._finish(live, live.worker, report)
@@ -284,12 +289,7 @@ class InvocationService:
 
     def _apply_report(self, live: LiveInvocation, report: WorkerReport) -> None:
         record = live.record
-        reason = None
-        if report.reason is not None:
-            try:
-                reason = Reason(report.reason)
-            except ValueError:
-                reason = Reason.WorkerLost
+        reason = report.reason
         if report.artifact_error and reason is None:
             reason = Reason.ArtifactLimit
         if report.upload_error and reason is None and not self.executor.reads_workspace:
