@@ -151,5 +151,13 @@ class WorkerStartFailed(WorkerFailure):
     reason = Reason.StartFailed
 
 
+class BadWorkerReport(WorkerFailure):
+    """A worker answered with a report the gateway cannot use: one that does not
+    validate, or of a runner protocol this gateway does not speak. Nothing of it is
+    trusted; the invocation ends as WorkerLost, with a message that says why."""
+
+    reason = Reason.WorkerLost
+
+
 class ConfigError(ValueError):
     """This configuration cannot serve on this machine (said plainly at start)."""

@@ -50,7 +50,7 @@ from gateway.errors import (
     WorkerLost,
 )
 from gateway.executors.base import Executor, Worker
-from gateway.executors.runner_client import WorkerUnreachable
+from gateway.executors.runner_client import WorkerUnreachable, parse_report
 from gateway.ids import new_invocation_id, new_token
 from gateway.metrics.registry import Metrics
 from gateway.models import (
@@ -499,29 +499,33 @@ class InvocationService:
                 del self._adopting[invocation_id]
 
     async def _stored_report(self, record: InvocationRecord) -> WorkerReport | None:
+        """The report the worker stored itself, None if there is none; BadWorkerReport
+        if it is not one this gateway can use."""
         try:
             raw = await self.records.store.get(
                 self.records.key(record.tenant, record.id, "report.json"))
         except ObjectNotFound:
             return None
-        try:
-            return WorkerReport.model_validate_json(raw)
-        except ValidationError:
-            return None
+        return parse_report(raw, f"the stored report of {record.id}")
 
     async def _resume_running(self, live: LiveInvocation) -> None:
         record = live.record
-        report = await self._stored_report(record)
-        if report is None:
-            deadline = live.plan.timeout_s + 60
-            if await self.executor.adopt(record.id, deadline):
-                report = await self._stored_report(record)
-        if report is not None:
-            self._apply_report(live, report)
+        report = None
+        try:
+            report = await self._stored_report(record)
+            if report is None:
+                deadline = live.plan.timeout_s + 60
+                if await self.executor.adopt(record.id, deadline):
+                    report = await self._stored_report(record)
+        except WorkerFailure as e:
+            self._fail(record, e.reason, str(e))
         else:
-            self._fail(record, Reason.WorkerLost,
-                       "the gateway restarted while the invocation ran, and its worker "
-                       "left no report")
+            if report is not None:
+                self._apply_report(live, report)
+            else:
+                self._fail(record, Reason.WorkerLost,
+                           "the gateway restarted while the invocation ran, and its worker "
+                           "left no report")
         await self._finish(live, None, report)
 
     async def _close_recovered(self, record: InvocationRecord) -> None:
