@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.models import Reason
+
 
 class JobgateError(Exception):
     status = 500
@@ -119,26 +121,42 @@ class ObjectNotFound(Exception):
     """A storage key that does not exist (internal; mapped to a 404 of the right kind)."""
 
 
-class WorkerLost(Exception):
-    """The worker went away before it reported (internal; becomes its ``reason``)."""
+class ChecksumMismatch(ValueError):
+    """A file's bytes do not match the sha256 it was stored under (internal): raised by
+    every store's ``put_file``, and nothing is stored."""
 
-    reason = "WorkerLost"
 
-    def __init__(self, message: str, reason: str | None = None):
+class WorkerFailure(Exception):
+    """A worker could not run an invocation through no fault of its code (internal; its
+    ``reason`` becomes the invocation's). Subclasses name the usual reason; the executor
+    that knows better (a pod's status, say) passes its own."""
+
+    reason: Reason = Reason.WorkerLost
+
+    def __init__(self, message: str, reason: Reason | None = None):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
 
 
-class WorkerStartFailed(Exception):
-    """No worker could be started for a profile (internal; becomes its ``reason``)."""
+class WorkerLost(WorkerFailure):
+    """The worker went away before it reported."""
 
-    reason = "StartFailed"
+    reason = Reason.WorkerLost
 
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
+
+class WorkerStartFailed(WorkerFailure):
+    """No worker could be started for a profile."""
+
+    reason = Reason.StartFailed
+
+
+class BadWorkerReport(WorkerFailure):
+    """A worker answered with a report the gateway cannot use: one that does not
+    validate, or of a runner protocol this gateway does not speak. Nothing of it is
+    trusted; the invocation ends as WorkerLost, with a message that says why."""
+
+    reason = Reason.WorkerLost
 
 
 class ConfigError(ValueError):

@@ -42,6 +42,8 @@ class Reason(StrEnum):
     StartFailed = "StartFailed"
     ArtifactLimit = "ArtifactLimit"
     StorageUnavailable = "StorageUnavailable"
+    # A bug in the gateway ended the invocation (its log has the traceback).
+    InternalError = "InternalError"
     # The code failed with its workspace (and /tmp) full: the profile's workspace_mb.
     DiskLimit = "DiskLimit"
     # Kubernetes executor: read from the worker pod's and Job's status.
@@ -58,6 +60,7 @@ REASON_STATUS: dict[Reason, Status] = {
     Reason.WorkerLost: Status.error,
     Reason.StartFailed: Status.error,
     Reason.StorageUnavailable: Status.error,
+    Reason.InternalError: Status.error,
     Reason.ImagePullFailed: Status.error,
     Reason.Unschedulable: Status.error,
     Reason.Evicted: Status.error,
@@ -292,6 +295,14 @@ class PoolState(BaseModel):
 # Runner protocol (gateway -> worker), shared by every executor
 # ---------------------------------------------------------------------------------------
 
+# The version of the protocol this gateway speaks (runtimes/runner.py's PROTOCOL_VERSION).
+RUNNER_PROTOCOL = 1
+# The reasons a runner reports; the others are the gateway's and its executors' to give.
+RUNNER_REASONS = frozenset({
+    Reason.Timeout, Reason.MemoryLimit, Reason.OutputLimit, Reason.DiskLimit,
+    Reason.NonZeroExit, Reason.Cancelled, Reason.StartFailed,
+})
+
 
 class RunLimits(BaseModel):
     memory_bytes: int
@@ -323,7 +334,7 @@ class Assignment(BaseModel):
     """What a worker runs. Everything per-call travels here, never in the worker's spec,
     so any warm worker of the profile can take any invocation."""
 
-    protocol: int = 1
+    protocol: int = RUNNER_PROTOCOL
     invocation_id: str
     files: dict[str, str]
     argv: list[str]
@@ -358,13 +369,17 @@ class ReportedArtifact(ReportedArtifactBase):
 
 
 class WorkerReport(BaseModel):
-    """What a worker answers after the run."""
+    """What a worker answers after the run (or instead of it: StartFailed). The fields
+    without a default are in every report a runner sends; the gateway checks
+    ``protocol`` where a report arrives (gateway.executors.runner_client.parse_report)."""
 
     model_config = ConfigDict(extra="ignore")
-    protocol: int = 1
-    exit_code: int | None = None
+    protocol: int
+    reason: Reason | None
+    exit_code: int | None
+    # The worker's own directory: the local executor removes it after storing outputs.
+    workspace_base: str | None
     signal: int | None = None
-    reason: str | None = None
     error: str | None = None
     stdout: str = ""
     stderr: str = ""
@@ -376,7 +391,13 @@ class WorkerReport(BaseModel):
     result_error: str | None = None
     artifacts: list[ReportedArtifact] = Field(default_factory=list)
     artifact_error: str | None = None
-    workspace_base: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     report_uploaded: bool = False
     upload_error: str | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _runner_reason(cls, reason: Reason | None) -> Reason | None:
+        if reason is not None and reason not in RUNNER_REASONS:
+            raise ValueError(f"{reason.value} is not a reason a runner reports")
+        return reason

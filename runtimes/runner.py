@@ -41,6 +41,8 @@ import time
 import traceback
 from typing import Any
 
+# The runner protocol this runner speaks (gateway.models.RUNNER_PROTOCOL): an assignment
+# of another is refused with a StartFailed report.
 PROTOCOL_VERSION = 1
 RUN_PATH = "/v1/run"
 HEALTH_PATH = "/healthz"
@@ -373,6 +375,40 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def new_report(invocation_id: Any, workspace: str, workspace_base: str,
+               **fields: Any) -> dict[str, Any]:
+    """A report with every field of the protocol (the gateway's WorkerReport), whatever
+    happened: the gateway validates it, and the local executor removes ``workspace_base``
+    (this worker's directory) once it has stored the outputs."""
+    report: dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION,
+        "invocation_id": invocation_id,
+        "exit_code": None,
+        "signal": None,
+        "reason": None,
+        "error": None,
+        "stdout": "",
+        "stderr": "",
+        "stdout_bytes": 0,
+        "stderr_bytes": 0,
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "result": None,
+        "result_error": None,
+        "artifacts": [],
+        "artifact_error": None,
+        "workspace": workspace,
+        "workspace_base": workspace_base,
+        "timings": {},
+    }
+    report.update(fields)
+    return report
+
+
+class AssignmentRefused(Exception):
+    """An assignment this runner will not run (its message is the report's error)."""
+
+
 class Run:
     """One assignment: prepare files, run the code, collect what it produced."""
 
@@ -498,25 +534,12 @@ class Run:
             signal_num = os.WTERMSIG(status)
             exit_code = 128 + signal_num
         reason = self._reason(exit_code, signal_num, timed_out, out_size, err_size, err)
-        report: dict[str, Any] = {
-            "protocol": PROTOCOL_VERSION,
-            "invocation_id": self.a.get("invocation_id"),
-            "exit_code": exit_code,
-            "signal": signal_num,
-            "reason": reason,
-            "stdout": _text(out),
-            "stderr": _text(err),
-            "stdout_bytes": out_size,
-            "stderr_bytes": err_size,
-            "stdout_truncated": out_size > len(out),
-            "stderr_truncated": err_size > len(err),
-            "result": None,
-            "result_error": None,
-            "artifacts": [],
-            "artifact_error": None,
-            "workspace": self.code_workspace,
-            "workspace_base": os.path.dirname(self.outdir),
-        }
+        report = new_report(
+            self.a.get("invocation_id"), self.code_workspace, os.path.dirname(self.outdir),
+            exit_code=exit_code, signal=signal_num, reason=reason,
+            stdout=_text(out), stderr=_text(err), stdout_bytes=out_size,
+            stderr_bytes=err_size, stdout_truncated=out_size > len(out),
+            stderr_truncated=err_size > len(err))
         if reason == "StartFailed":
             report["error"] = _text(err).strip()
         try:
@@ -1039,8 +1062,10 @@ class Worker:
             # From here the run finishes even if the zygote and gateway go away: with S3
             # storage its report outlives them.
             _die_with_parent(0)
+            assignment: Any = None
             try:
                 assignment = json.loads(body)
+                check_assignment(assignment)
                 # The local executor stores artifacts straight from the workspace and
                 # removes it itself; everywhere else the worker cleans up after reporting.
                 self.keep_workspace = bool(assignment.get("keep_workspace"))
@@ -1052,9 +1077,12 @@ class Worker:
                     upload_outputs(report, assignment["uploads"])
                 status = 200
             except Exception as e:  # noqa: BLE001 - the gateway gets a StartFailed report
-                report = {"protocol": PROTOCOL_VERSION, "reason": "StartFailed",
-                          "error": f"{type(e).__name__}: {e}", "exit_code": None,
-                          "workspace": self.workspace}
+                error = str(e) if isinstance(e, AssignmentRefused) else \
+                    f"{type(e).__name__}: {e}"
+                invocation_id = assignment.get("invocation_id") \
+                    if isinstance(assignment, dict) else None
+                report = new_report(invocation_id, self.code_workspace, self.base,
+                                    reason="StartFailed", error=error)
                 status = 200
             _send(conn, status, json.dumps(report).encode())
         # After the answer: the sandbox's teardown (its init's exit, the cgroup) is not the
@@ -1071,6 +1099,17 @@ class Worker:
         self._close_launcher()
         if not self.keep_workspace:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def check_assignment(assignment: Any) -> None:
+    """AssignmentRefused unless this runner can run it: a JSON object of our protocol."""
+    if not isinstance(assignment, dict):
+        raise AssignmentRefused("the assignment is not a JSON object")
+    protocol = assignment.get("protocol")
+    if protocol != PROTOCOL_VERSION:
+        raise AssignmentRefused(
+            f"this runner speaks runner protocol {PROTOCOL_VERSION}, not the assignment's "
+            f"{protocol!r}: the gateway and the runtime are of different versions")
 
 
 def _constant_time_eq(a: str, b: str) -> bool:

@@ -163,6 +163,36 @@ def test_worker_lost_when_the_worker_dies(client: httpx.Client,
     assert (body["status"], body["reason"]) == ("error", "WorkerLost")
 
 
+def test_start_failed_leaves_no_workspace_behind(tmp_path: Path) -> None:
+    """A StartFailed report carries the worker's directory like any other, so it is
+    removed after the call: none piles up under the data dir's workspaces/ (the pool's
+    one idle worker has its own)."""
+    catalogue = tmp_path / "profiles.toml"
+    catalogue.write_text("""
+[profiles.ghost]
+image = "jobgate/runtime-ghost:0"
+language = "none"
+command = ["/nonexistent/interpreter", "{entrypoint}"]
+default_entrypoint = "main.x"
+pool = { min = 1, max = 1 }
+""")
+    workspaces = tmp_path / "data" / "workspaces"
+
+    def worker_dirs() -> list[str]:
+        return sorted(n for n in os.listdir(workspaces) if n.startswith("w-"))
+
+    with running_gateway(tmp_path, JOBGATE_PROFILES=str(catalogue)) as gw, gw.client() as c:
+        # The command cannot be executed; a file cannot be written (the runner fails
+        # before the code starts): both are StartFailed.
+        calls = [{"code": "anything"}] + [
+            {"files": {"main.x": "a", "main.x/b": "c"}, "entrypoint": "main.x"}] * 3
+        for call in calls:
+            body = invoke(c, profile="ghost", **call).json()
+            assert (body["status"], body["reason"]) == ("error", "StartFailed"), body
+        wait_until(lambda: len(worker_dirs()) <= 1, timeout_s=15,
+                   message="no workspace left behind by the failed calls")
+
+
 def test_start_failed_when_the_runtime_is_missing(tmp_path: Path) -> None:
     catalogue = tmp_path / "profiles.toml"
     catalogue.write_text("""

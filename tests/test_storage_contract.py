@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import InvocationNotFound, ObjectNotFound
+from gateway.errors import ChecksumMismatch, InvocationNotFound, ObjectNotFound
 from gateway.ids import new_invocation_id
 from gateway.models import InvocationRecord, Status
 from gateway.storage.base import ObjectStore
@@ -99,6 +99,24 @@ async def test_put_file_returns_sha256(store: ObjectStore, tmp_path: Path) -> No
     info = await store.put_file("f/again.bin", src, expires_at=LATER, sha256=digest)
     assert info.sha256 == digest
     assert await store.get("f/artifact.bin") == data == await store.get("f/again.bin")
+
+
+async def test_put_file_refuses_a_sha256_mismatch(store: ObjectStore, tmp_path: Path) -> None:
+    """A sha256 given with the file is verified, by every store alike: a mismatch stores
+    nothing (not even over an object already there) and raises ChecksumMismatch."""
+    src = tmp_path / "artifact.bin"
+    data = os.urandom(300_000)
+    src.write_bytes(data)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(ChecksumMismatch):
+        await store.put_file("m/new.bin", src, expires_at=LATER, sha256=wrong)
+    with pytest.raises(ObjectNotFound):
+        await store.head("m/new.bin")
+    await store.put("m/old.bin", b"before", expires_at=LATER)
+    with pytest.raises(ChecksumMismatch):
+        await store.put_file("m/old.bin", src, expires_at=LATER, sha256=wrong)
+    assert await store.get("m/old.bin") == b"before"
+    assert await store.list_keys("m/") == ["m/old.bin"]
 
 
 # -- listing ------------------------------------------------------------------------------

@@ -87,7 +87,10 @@ def _server_callback_secret(settings: Settings) -> str:
     return secret
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, *, executor: Executor | None = None,
+                  store: ObjectStore | None = None) -> Gateway:
+    """Everything, wired. The executor and the store are the ones the settings name,
+    unless they are passed in (an embedding, a test's fake)."""
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
     if keys.empty and not settings.is_loopback_bind:
         raise StartupError(
@@ -100,9 +103,9 @@ def build_gateway(settings: Settings) -> Gateway:
     profiles = load_profiles(settings.profiles,
                              check_installed=settings.executor == "local")
     metrics = Metrics()
-    store = make_store(settings)
+    store = store or make_store(settings)
     records = InvocationStore(store)
-    executor = make_executor(settings, profiles)
+    executor = executor or make_executor(settings, profiles)
     policy = CallbackPolicy(settings.callback_allow)
     server_secret = _server_callback_secret(settings)
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secret)
@@ -145,9 +148,10 @@ class RequestMetrics:
                     time.perf_counter() - start)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, executor: Executor | None = None,
+               store: ObjectStore | None = None) -> Starlette:
     settings = settings or Settings()
-    gateway = build_gateway(settings)
+    gateway = build_gateway(settings, executor=executor, store=store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

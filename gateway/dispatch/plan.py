@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -18,6 +17,7 @@ from gateway.models import (
     ArtifactListing,
     Assignment,
     InvocationCreate,
+    Reason,
     RunLimits,
 )
 
@@ -172,22 +172,23 @@ def make_assignment(plan: Plan, req: InvocationCreate, invocation_id: str,
     )
 
 
-def describe(reason: str | None, exit_code: int | None, signal_num: int | None,
+def describe(reason: Reason | None, exit_code: int | None, signal_num: int | None,
              plan_timeout: float) -> str | None:
-    messages: dict[str, Any] = {
-        "Timeout": f"the code ran past its timeout of {plan_timeout:g}s and was killed",
-        "MemoryLimit": "the code ran out of its memory limit",
-        "OutputLimit": "the code wrote more output than allowed and was stopped",
-        "DiskLimit": "the code failed with its workspace full (the profile's workspace_mb)",
-        "Cancelled": "the invocation was cancelled",
-        "WorkerLost": "the worker went away before it reported",
-        "StartFailed": "the code could not be started",
+    messages: dict[Reason, str] = {
+        Reason.Timeout: f"the code ran past its timeout of {plan_timeout:g}s and was killed",
+        Reason.MemoryLimit: "the code ran out of its memory limit",
+        Reason.OutputLimit: "the code wrote more output than allowed and was stopped",
+        Reason.DiskLimit: "the code failed with its workspace full (the profile's "
+                          "workspace_mb)",
+        Reason.Cancelled: "the invocation was cancelled",
+        Reason.WorkerLost: "the worker went away before it reported",
+        Reason.StartFailed: "the code could not be started",
     }
-    if reason == "NonZeroExit":
+    if reason == Reason.NonZeroExit:
         if signal_num:
             return f"the code was killed by signal {signal_num}"
         return f"the code exited with code {exit_code}"
-    return messages.get(reason or "")
+    return None if reason is None else messages.get(reason)
 
 
 class ArtifactLimitExceeded(InvalidInput):

@@ -29,6 +29,7 @@ from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import ProfileCatalog
 from gateway.config.settings import Settings
+from gateway.dispatch.keyed_locks import KeyedLocks
 from gateway.dispatch.plan import (
     Plan,
     check_artifact_listing,
@@ -45,11 +46,11 @@ from gateway.errors import (
     ObjectNotFound,
     ShuttingDown,
     StorageUnavailable,
+    WorkerFailure,
     WorkerLost,
-    WorkerStartFailed,
 )
 from gateway.executors.base import Executor, Worker
-from gateway.executors.runner_client import WorkerUnreachable
+from gateway.executors.runner_client import WorkerUnreachable, parse_report
 from gateway.ids import new_invocation_id, new_token
 from gateway.metrics.registry import Metrics
 from gateway.models import (
@@ -99,7 +100,7 @@ class InvocationService:
         self.replica = replica
         self._live: dict[str, LiveInvocation] = {}
         self._adopting: dict[str, asyncio.Task[None]] = {}
-        self._idem_locks: dict[str, asyncio.Lock] = {}
+        self._idem_locks = KeyedLocks()
         self.accepting = True
 
     # -- submit -------------------------------------------------------------------------
@@ -120,22 +121,19 @@ class InvocationService:
             raise InvalidInput("Idempotency-Key must be at most 255 printable characters")
         key_hash = self.records.hash_idempotency_key(idempotency_key)
         body_hash = hashlib.sha256(raw_body).hexdigest()
-        lock = self._idem_locks.setdefault(f"{tenant}/{key_hash}", asyncio.Lock())
-        async with lock:
-            try:
-                entry = await self.records.idempotency(tenant, key_hash)
-                if entry is not None:
-                    if entry.body_sha256 != body_hash:
-                        raise IdempotencyConflict(
-                            "this Idempotency-Key was used with a different request",
-                            {"invocation_id": entry.invocation_id})
-                    live = self._live.get(entry.invocation_id)
-                    return await self.get(tenant, entry.invocation_id), live
-                return await self._admit_and_start(tenant, req, raw_body, plan,
-                                                   (key_hash, body_hash))
-            finally:
-                if not lock.locked() or len(self._idem_locks) > 10_000:
-                    self._idem_locks.pop(f"{tenant}/{key_hash}", None)
+        # Same-key submissions to this replica take turns: the second finds the first's
+        # entry instead of starting a second invocation.
+        async with self._idem_locks.hold(f"{tenant}/{key_hash}"):
+            entry = await self.records.idempotency(tenant, key_hash)
+            if entry is not None:
+                if entry.body_sha256 != body_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request",
+                        {"invocation_id": entry.invocation_id})
+                live = self._live.get(entry.invocation_id)
+                return await self.get(tenant, entry.invocation_id), live
+            return await self._admit_and_start(tenant, req, raw_body, plan,
+                                               (key_hash, body_hash))
 
     async def _admit_and_start(self, tenant: str, req: InvocationCreate, raw_body: bytes,
                                plan: Plan, idempotency: tuple[str, str] | None
@@ -187,16 +185,21 @@ class InvocationService:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
                 self._fail(record, Reason.WorkerLost, "the gateway shut down during the run")
-        except WorkerStartFailed as e:
-            self._fail(record, Reason(e.reason), str(e))
         except WorkerLost as e:
             if live.cancel_requested:
                 self._fail(record, Reason.Cancelled, "the invocation was cancelled")
             else:
-                self._fail(record, Reason(e.reason), str(e))
-        except Exception as e:  # an invocation ends recorded, whatever happens
-            log.exception("invocation %s failed inside the gateway", record.id)
-            self._fail(record, Reason.WorkerLost, f"internal error: {type(e).__name__}")
+                self._fail(record, e.reason, str(e))
+        except WorkerFailure as e:
+            self._fail(record, e.reason, str(e))
+        except StorageUnavailable as e:  # reading a report the worker stored
+            self._fail(record, Reason.StorageUnavailable, e.message)
+        except Exception as e:  # a bug of ours: the invocation ends recorded all the same
+            log.exception("invocation %s: an internal error of the gateway ended it",
+                          record.id)
+            self._fail(record, Reason.InternalError,
+                        f"the gateway failed while running the invocation ({type(e).__name__}); "
+                        "this is a bug in the gateway, and its log has the details")
         finally:
             if not live.abandoned:
                 await self._finish(live, live.worker, report)
@@ -286,12 +289,7 @@ class InvocationService:
 
     def _apply_report(self, live: LiveInvocation, report: WorkerReport) -> None:
         record = live.record
-        reason = None
-        if report.reason is not None:
-            try:
-                reason = Reason(report.reason)
-            except ValueError:
-                reason = Reason.WorkerLost
+        reason = report.reason
         if report.artifact_error and reason is None:
             reason = Reason.ArtifactLimit
         if report.upload_error and reason is None and not self.executor.reads_workspace:
@@ -501,29 +499,33 @@ class InvocationService:
                 del self._adopting[invocation_id]
 
     async def _stored_report(self, record: InvocationRecord) -> WorkerReport | None:
+        """The report the worker stored itself, None if there is none; BadWorkerReport
+        if it is not one this gateway can use."""
         try:
             raw = await self.records.store.get(
                 self.records.key(record.tenant, record.id, "report.json"))
         except ObjectNotFound:
             return None
-        try:
-            return WorkerReport.model_validate_json(raw)
-        except ValidationError:
-            return None
+        return parse_report(raw, f"the stored report of {record.id}")
 
     async def _resume_running(self, live: LiveInvocation) -> None:
         record = live.record
-        report = await self._stored_report(record)
-        if report is None:
-            deadline = live.plan.timeout_s + 60
-            if await self.executor.adopt(record.id, deadline):
-                report = await self._stored_report(record)
-        if report is not None:
-            self._apply_report(live, report)
+        report = None
+        try:
+            report = await self._stored_report(record)
+            if report is None:
+                deadline = live.plan.timeout_s + 60
+                if await self.executor.adopt(record.id, deadline):
+                    report = await self._stored_report(record)
+        except WorkerFailure as e:
+            self._fail(record, e.reason, str(e))
         else:
-            self._fail(record, Reason.WorkerLost,
-                       "the gateway restarted while the invocation ran, and its worker "
-                       "left no report")
+            if report is not None:
+                self._apply_report(live, report)
+            else:
+                self._fail(record, Reason.WorkerLost,
+                           "the gateway restarted while the invocation ran, and its worker "
+                           "left no report")
         await self._finish(live, None, report)
 
     async def _close_recovered(self, record: InvocationRecord) -> None:

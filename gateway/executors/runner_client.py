@@ -8,9 +8,9 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from gateway.errors import WorkerLost
+from gateway.errors import BadWorkerReport, WorkerLost
 from gateway.executors.base import Worker
-from gateway.models import Assignment, WorkerReport
+from gateway.models import RUNNER_PROTOCOL, Assignment, WorkerReport
 
 RUN_PATH = "/v1/run"
 
@@ -18,6 +18,24 @@ RUN_PATH = "/v1/run"
 class WorkerUnreachable(WorkerLost):
     """The worker could not be reached at all: the code never started, so the call may
     safely go to another worker."""
+
+
+def parse_report(raw: bytes, source: str) -> WorkerReport:
+    """A worker's report, validated where it arrives (the answer to the assignment, or
+    the report.json a worker stored): BadWorkerReport when it does not validate or is of
+    another runner protocol. ``source`` names where it came from, for the message."""
+    try:
+        report = WorkerReport.model_validate_json(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'report'}: {err['msg']}"
+                             for err in e.errors()[:5])
+        raise BadWorkerReport(f"{source} sent a report that does not validate "
+                              f"({problems})") from None
+    if report.protocol != RUNNER_PROTOCOL:
+        raise BadWorkerReport(
+            f"{source} speaks runner protocol {report.protocol}; this gateway speaks "
+            f"{RUNNER_PROTOCOL} (the runtime and the gateway are of different versions)")
+    return report
 
 
 class RunnerClient:
@@ -54,7 +72,4 @@ class RunnerClient:
             raise WorkerUnreachable(
                 f"worker {worker.id} refused the assignment: HTTP {resp.status_code}"
             )
-        try:
-            return WorkerReport.model_validate_json(resp.content)
-        except ValidationError as e:
-            raise WorkerLost(f"worker {worker.id} sent an unreadable report: {e}") from e
+        return parse_report(resp.content, f"worker {worker.id}")

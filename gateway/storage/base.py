@@ -49,7 +49,9 @@ class ObjectStore(ABC):
     async def put_file(self, key: str, path: Path, *, expires_at: datetime,
                        content_type: str = "application/octet-stream",
                        sha256: str | None = None) -> ObjectInfo:
-        """Store a file without reading it whole into memory."""
+        """Store a file without reading it whole into memory. A given ``sha256`` is
+        verified against the bytes stored: on a mismatch nothing is stored and
+        ChecksumMismatch is raised (every store alike)."""
 
     @abstractmethod
     async def get(self, key: str) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-from gateway.errors import ObjectNotFound, StorageUnavailable
+from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
 from gateway.storage.base import ObjectInfo, ObjectStore
 
 
@@ -87,13 +87,21 @@ class LocalStore(ObjectStore):
         tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
         digest = hashlib.sha256()
         size = 0
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while chunk := fin.read(1024 * 1024):
-                digest.update(chunk)
-                fout.write(chunk)
-                size += len(chunk)
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(1024 * 1024):
+                    digest.update(chunk)
+                    fout.write(chunk)
+                    size += len(chunk)
+            actual = digest.hexdigest()
+            if sha256 is not None and sha256 != actual:
+                raise ChecksumMismatch(f"{src}: sha256 {actual} does not match the given "
+                                       f"{sha256}")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._place(tmp, path)
-        return ObjectInfo(key, size, digest.hexdigest())
+        return ObjectInfo(key, size, actual)
 
     async def put_file(self, key: str, path: Path, *, expires_at: datetime,
                        content_type: str = "application/octet-stream",

@@ -37,7 +37,7 @@ from botocore.exceptions import (
 )
 
 from gateway.config.settings import Settings
-from gateway.errors import ObjectNotFound, StorageUnavailable
+from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
 from gateway.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger("jobgate.storage.s3")
@@ -275,7 +275,7 @@ class S3Store(ObjectStore):
                        sha256: str | None = None) -> ObjectInfo:
         """The sha256 is metadata, so it must be known before the first byte goes out:
         a given ``sha256`` is used and verified while streaming (a mismatch aborts the
-        upload, ValueError); without one the file is hashed first, in a thread."""
+        upload, ChecksumMismatch); without one the file is hashed first, in a thread."""
         size = (await asyncio.to_thread(os.stat, path)).st_size
         if size < self.settings.s3_multipart_threshold_bytes:
             # Below the threshold (16 MiB by default) one PUT is cheapest, and memory
@@ -286,7 +286,8 @@ class S3Store(ObjectStore):
 
             data, actual = await asyncio.to_thread(read)
             if sha256 is not None and sha256 != actual:
-                raise ValueError(f"{path}: sha256 {actual} does not match the given {sha256}")
+                raise ChecksumMismatch(f"{path}: sha256 {actual} does not match the given "
+                                       f"{sha256}")
             return await self.put(key, data, expires_at=expires_at,
                                   content_type=content_type)
         expected = sha256 if sha256 is not None else await asyncio.to_thread(_hash_file, path)
@@ -337,7 +338,7 @@ class S3Store(ObjectStore):
                 await asyncio.to_thread(f.close)
             actual = digest.hexdigest()
             if actual != expected:
-                raise ValueError(f"{path}: sha256 {actual} does not match {expected}")
+                raise ChecksumMismatch(f"{path}: sha256 {actual} does not match {expected}")
             parts.sort(key=lambda p: int(p["PartNumber"]))
             with self._errors():
                 await self.client.complete_multipart_upload(

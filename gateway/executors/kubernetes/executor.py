@@ -31,7 +31,13 @@ from gateway.errors import ExecutorUnavailable, QueueFull, WorkerLost, WorkerSta
 from gateway.executors.base import Executor, Worker
 from gateway.executors.kubernetes.api import Conflict, KubeApi, Missing, load_api_client
 from gateway.executors.kubernetes.leader import LeaderElector, ReplicaHeartbeat
-from gateway.executors.kubernetes.reasons import is_ready, start_failure, terminal_failure
+from gateway.executors.kubernetes.reasons import (
+    POD_DELETED,
+    PodFailure,
+    is_ready,
+    start_failure,
+    terminal_failure,
+)
 from gateway.executors.kubernetes.spec import (
     CLAIMED_BY,
     INVOCATION,
@@ -99,7 +105,7 @@ class ProfilePool:
         self.creating = 0
         self.warm_starts = 0
         self.cold_starts = 0
-        self.failures: dict[str, tuple[str, str]] = {}  # job -> (reason, message)
+        self.failures: dict[str, PodFailure] = {}  # by job
 
     def target_idle(self) -> int:
         return self.sizer.target()
@@ -120,7 +126,7 @@ class KubernetesExecutor(Executor):
         self._limiter = RateLimiter(settings.k8s_create_rate, max(1, int(settings.k8s_create_rate)))
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self._watchers: dict[str, asyncio.Future[tuple[str, str]]] = {}
+        self._watchers: dict[str, asyncio.Future[PodFailure]] = {}
         self._kick = asyncio.Event()
         self.tracker: Any = None
         self.leader: LeaderElector | None = None
@@ -193,8 +199,7 @@ class KubernetesExecutor(Executor):
                 pool.sizer.arrival()
         watcher = self._watchers.get(name)
         if watcher is not None and not watcher.done():
-            failure = ("WorkerLost", "the worker pod was deleted") if kind == "DELETED" \
-                else terminal_failure(pod)
+            failure = POD_DELETED if kind == "DELETED" else terminal_failure(pod)
             if failure is not None:
                 watcher.set_result(failure)
         self._kick.set()
@@ -285,9 +290,9 @@ class KubernetesExecutor(Executor):
                 failure = self._start_failure_of(job) or pool.failures.pop(job, None)
                 if failure is not None:
                     self._spawn(self._delete_job(job))
-                    raise WorkerStartFailed(failure[1], reason=failure[0])
+                    raise WorkerStartFailed(failure.message, reason=failure.reason)
 
-    def _start_failure_of(self, job: str) -> tuple[str, str] | None:
+    def _start_failure_of(self, job: str) -> PodFailure | None:
         """Why the worker this call started will never start. Only while it is unclaimed:
         any waiting call may take any ready worker, so once another call claimed it, what
         happens to it is that call's business."""
@@ -323,7 +328,7 @@ class KubernetesExecutor(Executor):
         """Send the assignment; meanwhile watch the pod, so a pod that dies, is evicted or
         OOM-killed ends the wait at once with the reason its status gives."""
         loop = asyncio.get_running_loop()
-        gone: asyncio.Future[tuple[str, str]] = loop.create_future()
+        gone: asyncio.Future[PodFailure] = loop.create_future()
         self._watchers[worker.id] = gone
         call = asyncio.create_task(self._client.run(worker, assignment))
         try:
@@ -335,17 +340,17 @@ class KubernetesExecutor(Executor):
                 except WorkerLost as e:
                     # The connection broke: the pod's status says why, once it is seen.
                     with contextlib.suppress(TimeoutError):
-                        reason, message = await asyncio.wait_for(asyncio.shield(gone),
-                                                                 LOST_POD_SETTLE_S)
-                        raise WorkerLost(message, reason=reason) from e
+                        failure = await asyncio.wait_for(asyncio.shield(gone),
+                                                         LOST_POD_SETTLE_S)
+                        raise WorkerLost(failure.message, reason=failure.reason) from e
                     raise
             # The pod ended first. A worker that reports exits right after: its answer may
             # still be on the way, so give it a moment before calling the worker lost.
             with contextlib.suppress(TimeoutError, WorkerLost):
                 return await asyncio.wait_for(asyncio.shield(call), LOST_POD_SETTLE_S)
             call.cancel()
-            reason, message = gone.result()
-            raise WorkerLost(message, reason=reason)
+            failure = gone.result()
+            raise WorkerLost(failure.message, reason=failure.reason)
         finally:
             self._watchers.pop(worker.id, None)
             if not call.done():
@@ -463,7 +468,7 @@ class KubernetesExecutor(Executor):
         if not pods:
             return None
         name = _name(pods[0])
-        gone: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+        gone: asyncio.Future[PodFailure] = asyncio.get_running_loop().create_future()
         self._watchers[name] = gone
         try:
             await asyncio.wait_for(gone, timeout_s)

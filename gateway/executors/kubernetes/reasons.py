@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.models import Reason
+
 Obj = dict[str, Any]
 PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    """Why a worker pod will not start or ended without a report."""
+
+    reason: Reason
+    message: str
+
+
+POD_DELETED = PodFailure(Reason.WorkerLost, "the worker pod was deleted")
 
 
 def _container_status(pod: Obj) -> Obj:
@@ -31,37 +45,41 @@ def is_ready(pod: Obj) -> bool:
 
 
 def start_failure(pod: Obj, *, pull_grace_s: float, unschedulable_after_s: float
-                  ) -> tuple[str, str] | None:
-    """A pod that will not start: (reason, message), or None while it still may."""
+                  ) -> PodFailure | None:
+    """A pod that will not start, or None while it still may."""
     status = pod.get("status", {})
     waiting = _container_status(pod).get("state", {}).get("waiting") or {}
     if waiting.get("reason") in PULL_ERRORS and _age_s(pod) > pull_grace_s:
-        return "ImagePullFailed", (f"image {pod['spec']['containers'][0].get('image')!r} "
-                                   f"could not be pulled: {waiting.get('message') or ''}").strip()
+        image = pod["spec"]["containers"][0].get("image")
+        return PodFailure(Reason.ImagePullFailed, (
+            f"image {image!r} could not be pulled: {waiting.get('message') or ''}").strip())
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable" \
                 and _age_s(pod) > unschedulable_after_s:
-            return "Unschedulable", f"no node can run the worker: {cond.get('message', '')}"
+            return PodFailure(Reason.Unschedulable,
+                              f"no node can run the worker: {cond.get('message', '')}")
     return terminal_failure(pod)
 
 
-def terminal_failure(pod: Obj) -> tuple[str, str] | None:
-    """A pod that has ended without a report: (reason, message), or None if it has not."""
+def terminal_failure(pod: Obj) -> PodFailure | None:
+    """A pod that has ended without a report, or None if it has not."""
     status = pod.get("status", {})
     phase = status.get("phase")
     if pod.get("metadata", {}).get("deletionTimestamp") and phase != "Succeeded":
         # Deleted (by an operator, a cancel, a drain): whatever it says on its way out.
-        return "WorkerLost", "the worker pod was deleted"
+        return POD_DELETED
     if status.get("reason") == "Evicted":
-        return "Evicted", status.get("message") or "the worker pod was evicted"
+        return PodFailure(Reason.Evicted, status.get("message") or "the worker pod was evicted")
     if status.get("reason") == "DeadlineExceeded":
-        return "Timeout", "the worker Job passed its deadline (activeDeadlineSeconds)"
+        return PodFailure(Reason.Timeout,
+                          "the worker Job passed its deadline (activeDeadlineSeconds)")
     terminated = _container_status(pod).get("state", {}).get("terminated")
     if terminated and terminated.get("reason") == "OOMKilled":
-        return "OOMKilled", "the worker was killed for using more memory than its limit"
+        return PodFailure(Reason.OOMKilled,
+                          "the worker was killed for using more memory than its limit")
     if phase == "Failed":
         code = terminated.get("exitCode") if terminated else None
-        return "PodFailed", f"the worker pod failed (exit code {code})"
+        return PodFailure(Reason.PodFailed, f"the worker pod failed (exit code {code})")
     if phase == "Succeeded":
-        return "WorkerLost", "the worker exited without reporting"
+        return PodFailure(Reason.WorkerLost, "the worker exited without reporting")
     return None
