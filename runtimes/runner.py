@@ -1202,6 +1202,7 @@ class Protections:
         self.seccomp_program: bytes | None = None
         self.cgroup_version = ""
         self.tree: Any = None
+        self.zygote_pid = os.getpid()
 
     def setup(self, workspace_root: str, readonly: list[str], cgroup_name: str,
               scratch_default: int) -> None:
@@ -1228,7 +1229,8 @@ class Protections:
                  scratch_bytes: int = scratch_default) -> Any:
             group = tree.group(os.path.basename(base)) if tree is not None else None
             return sandbox.WorkerSandbox(template, base, uid, scratch_bytes, group,
-                                         keep_fds, child, lockdown)
+                                         keep_fds, child, lockdown,
+                                         orphaned_cleanup=self._remove_tree_if_orphaned)
 
         self.sandbox = make
 
@@ -1255,6 +1257,12 @@ class Protections:
         except Exception as e:  # noqa: BLE001 - CgroupUnavailable or OSError: say so
             self.missing["cgroups"] = str(e) or type(e).__name__
             return None
+
+    def _remove_tree_if_orphaned(self) -> None:
+        """In a worker that outlived its zygote (it was running an invocation when the
+        gateway stopped): the last one out removes the zygote's cgroup tree."""
+        if self.tree is not None and os.getppid() != self.zygote_pid:
+            self.tree.remove()
 
     def close(self) -> None:
         """The cgroup tree goes once its workers' groups have (they remove their own as

@@ -351,13 +351,15 @@ class WorkerSandbox:
 
     def __init__(self, root: str, base: str, uid: int | None, scratch_bytes: int,
                  cgroup: Any, keep_fds: list[int], child: Callable[[bytes], None],
-                 lockdown: Callable[[], None]) -> None:
+                 lockdown: Callable[[], None],
+                 orphaned_cleanup: Callable[[], None] | None = None) -> None:
         if uid is None:
             raise OSError("a sandbox needs a uid of its own for the code")
         mountpoint = os.path.join(base, "scratch")
         os.mkdir(mountpoint, 0o700)
         self.scratch = Scratch(mountpoint, scratch_bytes, uid)
         self.cgroup = cgroup
+        self.orphaned_cleanup = orphaned_cleanup
         self.closed = False
         # This worker's own copy of the zygote's mounts: what it binds is its alone.
         unshare(CLONE_NEWNS)
@@ -480,6 +482,9 @@ class WorkerSandbox:
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 self.cgroup.remove()
+        if self.orphaned_cleanup is not None:
+            with contextlib.suppress(OSError):
+                self.orphaned_cleanup()
 
 
 def _read_all(fd: int) -> bytes:
