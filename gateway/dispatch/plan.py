@@ -20,6 +20,7 @@ from gateway.models import (
     Reason,
     RunLimits,
 )
+from gateway.paths import path_problem
 
 RESERVED_FILES = {"input.json", "result.json"}
 MAX_NAME_LENGTH = 255
@@ -40,20 +41,16 @@ class Plan:
 
 def check_file_name(name: str) -> str:
     """A file name must stay inside the workspace: relative, no '..', no NUL."""
-    problem = None
-    if not name:
-        problem = "is empty"
-    elif "\x00" in name:
-        problem = "contains a NUL byte"
-    elif name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    problem = path_problem(name)
+    # A client's file names are also refused what would be a path on Windows, so a name
+    # means the same wherever the files are written out (the CLI writes artifacts too).
+    if problem is None and len(name) > 1 and name[1] == ":":
         problem = "is an absolute path"
-    elif "\\" in name:
+    elif problem is None and "\\" in name:
         problem = "contains a backslash"
-    elif len(name) > MAX_NAME_LENGTH:
+    elif problem is None and len(name) > MAX_NAME_LENGTH:
         problem = f"is longer than {MAX_NAME_LENGTH} characters"
-    elif any(part in ("", ".", "..") for part in name.split("/")):
-        problem = "has an empty, '.' or '..' path segment"
-    elif name in RESERVED_FILES:
+    elif problem is None and name in RESERVED_FILES:
         problem = "is reserved (jobgate writes input.json; the code writes result.json)"
     if problem:
         raise InvalidInput(f"file name {name!r} {problem}", {"file": name})
@@ -204,9 +201,9 @@ def check_artifact_listing(listing: ArtifactListing, settings: Settings) -> None
     total = 0
     for artifact in listing.artifacts:
         name = artifact.name
-        if name.startswith("/") or "\x00" in name or any(
-                part in ("", ".", "..") for part in name.split("/")):
-            raise InvalidInput(f"invalid artifact name {name!r}")
+        problem = path_problem(name)
+        if problem:
+            raise InvalidInput(f"artifact name {name!r} {problem}")
         if artifact.size > settings.artifact_max_bytes:
             raise ArtifactLimitExceeded(
                 f"artifact {name!r} is {artifact.size} bytes; at most "

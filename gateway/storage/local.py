@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
+from gateway.paths import path_problem
 from gateway.storage.base import ObjectInfo, ObjectStore
 
 
@@ -33,10 +34,10 @@ class LocalStore(ObjectStore):
             os.chmod(d, 0o700)
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
-            raise ValueError(f"invalid storage key {key!r}")
-        return self.root.joinpath(*parts)
+        problem = path_problem(key)
+        if problem:
+            raise ValueError(f"storage key {key!r} {problem}")
+        return self.root.joinpath(*key.split("/"))
 
     async def check(self) -> None:
         ok = await asyncio.to_thread(os.access, self.root, os.W_OK)

@@ -38,6 +38,7 @@ from botocore.exceptions import (
 
 from gateway.config.settings import Settings
 from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
+from gateway.paths import path_problem
 from gateway.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger("jobgate.storage.s3")
@@ -111,8 +112,9 @@ class S3Store(ObjectStore):
 
     def _full(self, key: str) -> str:
         # The local store's rules, so a key valid on one store is valid on the other.
-        if not key or "\x00" in key or any(p in ("", ".", "..") for p in key.split("/")):
-            raise ValueError(f"invalid storage key {key!r}")
+        problem = path_problem(key)
+        if problem:
+            raise ValueError(f"storage key {key!r} {problem}")
         return f"{self._root}/{key}" if self._root else key
 
     def _full_prefix(self, prefix: str) -> str:
