@@ -596,6 +596,9 @@ class Run:
             if not _stat_is_file(st):
                 report["result_error"] = "result.json is not a regular file"
                 return
+            if not self._codes_own(st):
+                report["result_error"] = "result.json is not the code's own file"
+                return
             if st.st_size > self.result_cap:
                 report["result_error"] = (
                     f"result.json is {st.st_size} bytes, over the limit of {self.result_cap}"
@@ -637,7 +640,7 @@ class Run:
                         continue  # links and vanished files are not artifacts
                     with os.fdopen(fd, "rb") as f:
                         st = os.fstat(f.fileno())
-                        if not _stat_is_file(st):
+                        if not _stat_is_file(st) or not self._codes_own(st):
                             continue
                         if len(found) >= max_count:
                             report["artifact_error"] = (
@@ -663,6 +666,12 @@ class Run:
         finally:
             os.close(art_fd)
         report["artifacts"] = found
+
+    def _codes_own(self, st: os.stat_result) -> bool:
+        """Only a file of the code's own uid: a hard link to a file the code could not
+        read (possible where the workspace shares a filesystem with the host and
+        fs.protected_hardlinks is off) is not read for it by the runner, which is root."""
+        return self.uid is None or st.st_uid == self.uid
 
     def _keep(self, f: Any, store: str, index: int, cap: int) -> tuple[int, str, str]:
         """Where an artifact is read from later. The gateway reads the local executor's
