@@ -120,14 +120,20 @@ class ObjectNotFound(Exception):
 
 
 class WorkerLost(Exception):
-    """The worker went away before it reported (internal; becomes its ``reason``)."""
+    """The worker went away before it reported (internal; becomes its ``reason``).
+
+    ``no_fault_of_the_code``: the executor knows the code did not cause it (the worker's pod
+    was deleted or evicted for the node's sake, its node was lost, its gateway crashed);
+    such an attempt may be run again, up to the invocation's ``max_attempts``."""
 
     reason = "WorkerLost"
 
-    def __init__(self, message: str, reason: str | None = None):
+    def __init__(self, message: str, reason: str | None = None, *,
+                 no_fault_of_the_code: bool = False):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        self.no_fault_of_the_code = no_fault_of_the_code
 
 
 class WorkerStartFailed(Exception):
