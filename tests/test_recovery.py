@@ -105,9 +105,12 @@ def shared_env(seaweedfs: Any, tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def two_gateways(shared_env: dict[str, str], tmp_path: Path
                  ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    # One machine: each its own data dir and uid range (docs/operations.md).
     env = {**shared_env, "JOBGATE_MAX_CONCURRENCY": "1"}
-    a = GatewayProcess(tmp_path / "a" / "data", env=env)
-    b = GatewayProcess(tmp_path / "b" / "data", env=env)
+    a = GatewayProcess(tmp_path / "a" / "data",
+                       env={**env, "JOBGATE_LOCAL_UID_RANGE": "230000-234999"})
+    b = GatewayProcess(tmp_path / "b" / "data",
+                       env={**env, "JOBGATE_LOCAL_UID_RANGE": "235000-239999"})
     try:
         yield a, b
     finally:

@@ -254,7 +254,7 @@ class InvocationService:
                 # The answer was lost, but the worker may have stored its report first.
                 stored = None
                 if assignment.uploads is not None and not live.cancel_requested:
-                    stored = await self._stored_report(record)
+                    stored = await self._stored_outcome(record)
                 if stored is None:
                     raise
                 report = stored
@@ -548,6 +548,13 @@ class InvocationService:
         except ValidationError:
             return None
 
+    async def _stored_outcome(self, record: InvocationRecord) -> WorkerReport | None:
+        """The report a worker stored itself, if it says how the code ended. Asked only
+        where no cancel was requested: a 'Cancelled' then is the worker stopped from
+        outside (its pod deleted, or ended before a retry), not an outcome."""
+        report = await self._stored_report(record)
+        return None if report is not None and report.reason == Reason.Cancelled else report
+
     async def _resume(self, live: LiveInvocation) -> None:
         """An invocation its gateway left unfinished: queued (or so its record says: the
         crash may have come before 'running' was stored), or running."""
@@ -606,9 +613,12 @@ class InvocationService:
         record = live.record
         if not await self.executor.end_attempt(record.id):
             raise lost
-        report = await self._stored_report(record)
+        report = await self._stored_outcome(record)
         if report is not None:
             return report
+        with contextlib.suppress(JobgateError, OSError):  # never taken for the next one's
+            await self.records.store.delete_keys(
+                [self.records.key(record.tenant, record.id, "report.json")])
         record.attempts = max(record.attempts, 1)
         record.attempt_history.append(LostAttempt(
             attempt=record.attempts, worker=record.worker, started_at=record.started_at,
