@@ -127,16 +127,22 @@ class ChecksumMismatch(ValueError):
 
 
 class WorkerFailure(Exception):
-    """A worker could not run an invocation through no fault of its code (internal; its
-    ``reason`` becomes the invocation's). Subclasses name the usual reason; the executor
-    that knows better (a pod's status, say) passes its own."""
+    """A worker could not run an invocation (internal; its ``reason`` becomes the
+    invocation's). Subclasses name the usual reason; the executor that knows better (a
+    pod's status, say) passes its own.
+
+    ``no_fault_of_the_code``: the executor knows the code did not cause it (the worker's pod
+    was deleted or evicted for the node's sake, its node was lost, its gateway crashed);
+    such an attempt may be run again, up to the invocation's ``max_attempts``."""
 
     reason: Reason = Reason.WorkerLost
 
-    def __init__(self, message: str, reason: Reason | None = None):
+    def __init__(self, message: str, reason: Reason | None = None, *,
+                 no_fault_of_the_code: bool = False):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        self.no_fault_of_the_code = no_fault_of_the_code
 
 
 class WorkerLost(WorkerFailure):

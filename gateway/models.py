@@ -145,6 +145,14 @@ class InvocationCreate(BaseModel):
     wait_s: float | None = Field(
         None, gt=0, description="Sync only: seconds to wait before answering 202"
     )
+    max_attempts: int | None = Field(
+        None, ge=1, le=10,
+        description="How many times it may run when its worker is lost through no fault "
+                    "of its code (the gateway crashed, the worker pod was deleted or "
+                    "evicted, its node was lost). Default: 3 for async (1 + 2 retries), "
+                    "1 for sync; at most the server's JOBGATE_MAX_ATTEMPTS. A run that "
+                    "fails by itself (exit code, timeout, limits) is never retried.",
+    )
 
     @field_validator("env")
     @classmethod
@@ -201,6 +209,18 @@ class CallbackState(BaseModel):
     next_attempt_at: datetime | None = None
 
 
+class LostAttempt(BaseModel):
+    """An earlier attempt of an invocation: its worker was lost without a report, through
+    no fault of the code, and the invocation ran again."""
+
+    attempt: int
+    worker: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime
+    reason: Reason
+    message: str | None = None
+
+
 class InvocationRecord(BaseModel):
     """Everything known about an invocation. Stored as record.json; stdout and stderr are
     stored beside it and joined in when an invocation is returned."""
@@ -230,7 +250,13 @@ class InvocationRecord(BaseModel):
     finished_at: datetime | None = None
     expires_at: datetime
     callback: CallbackState | None = None
-    # The replica that accepted it: recovery takes over invocations of replicas that died.
+    # How many attempts started (a worker took it), of at most max_attempts; the earlier
+    # ones, each lost through no fault of the code, in attempt_history.
+    attempts: int = 0
+    max_attempts: int = 1
+    attempt_history: list[LostAttempt] = Field(default_factory=list)
+    # Its owner: the gateway that accepted it, or that took it over from a replica that is
+    # gone. Only its owner (restarted) or the leader (once the owner is gone) recovers it.
     replica: str | None = None
 
     def public(self, base_path: str = "/v1/invocations") -> dict[str, Any]:
@@ -336,6 +362,7 @@ class Assignment(BaseModel):
 
     protocol: int = RUNNER_PROTOCOL
     invocation_id: str
+    attempt: int = 1
     files: dict[str, str]
     argv: list[str]
     inprocess: bool = False

@@ -461,6 +461,7 @@ class Run:
         inp = json.dumps(self.a.get("input"))
         # Reserved names are set last so user env cannot override them.
         env["JOBGATE_INVOCATION_ID"] = str(self.a.get("invocation_id", ""))
+        env["JOBGATE_ATTEMPT"] = str(self.a.get("attempt", 1))
         env["JOBGATE_WORKSPACE"] = ws
         env["JOBGATE_INPUT_FILE"] = os.path.join(ws, "input.json")
         env["JOBGATE_ARTIFACTS_DIR"] = os.path.join(ws, "artifacts")

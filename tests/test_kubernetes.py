@@ -123,14 +123,38 @@ def test_warm_claim_then_the_pool_refills(c: httpx.Client) -> None:
 
 def test_worker_pod_deleted_mid_run_is_worker_lost(c: httpx.Client,
                                                    k8s_env: dict[str, Any]) -> None:
-    inv = invoke(c, profile=PY, code="import time; time.sleep(60)", mode="async").json()["id"]
+    inv = invoke(c, profile=PY, code="import time; time.sleep(60)", mode="async",
+                 max_attempts=1).json()["id"]
     wait_until(lambda: c.get(f"/v1/invocations/{inv}").json()["status"] == "running")
     pod = worker_pod(k8s_env, inv)["metadata"]["name"]
     kubectl(k8s_env["cluster"], "-n", k8s_env["namespace"], "delete", "pod", pod,
             "--grace-period=0", "--force", "--wait=false")
     body = wait_until(lambda: (r := c.get(f"/v1/invocations/{inv}").json())["status"]
                       not in ("queued", "running") and r, timeout_s=30)
-    assert (body["status"], body["reason"]) == ("error", "WorkerLost"), body
+    assert (body["status"], body["reason"], body["attempts"]) == ("error", "WorkerLost", 1), \
+        body
+
+
+def test_worker_pod_deleted_mid_run_runs_again_once_it_is_gone(
+        c: httpx.Client, k8s_env: dict[str, Any]) -> None:
+    code = ("import os, time\nattempt = os.environ['JOBGATE_ATTEMPT']\nprint(attempt)\n"
+            "if attempt == '1':\n    time.sleep(60)\n")
+    inv = invoke(c, profile=PY, code=code, mode="async").json()["id"]
+    wait_until(lambda: c.get(f"/v1/invocations/{inv}").json()["status"] == "running")
+    first = worker_pod(k8s_env, inv)["metadata"]["name"]
+    kubectl(k8s_env["cluster"], "-n", k8s_env["namespace"], "delete", "pod", first,
+            "--wait=false")  # a graceful delete: the runner is sent SIGTERM
+    body = wait_until(lambda: (r := c.get(f"/v1/invocations/{inv}").json())["status"]
+                      not in ("queued", "running") and r, timeout_s=90, interval_s=0.5)
+    assert (body["status"], body["attempts"], body["stdout"]) == ("succeeded", 2, "2\n"), body
+    [lost] = body["attempt_history"]
+    assert (lost["attempt"], lost["reason"], lost["worker"]) == (1, "WorkerLost", first)
+    assert body["worker"] != first
+    # The second attempt started only once the first one's pod was gone.
+    assert body["started_at"] >= lost["ended_at"]
+    pods = get_json(k8s_env, "pods", "-l", f"jobgate.io/invocation={inv}")["items"]
+    assert first not in [p["metadata"]["name"] for p in pods
+                         if p["status"].get("phase") not in ("Succeeded", "Failed")]
 
 
 def test_unpullable_image_fails_within_its_grace(c: httpx.Client) -> None:

@@ -85,7 +85,9 @@ def test_accepted_async_work_survives_a_gateway_crash(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path / "data", env={"JOBGATE_MAX_CONCURRENCY": "1"}).start()
     try:
         with gw.client() as c:
-            running = invoke(c, profile="bash", code="sleep 30", mode="async").json()["id"]
+            # One attempt only: lost with the gateway, it is not run again.
+            running = invoke(c, profile="bash", code="sleep 30", mode="async",
+                             max_attempts=1).json()["id"]
             wait_until(lambda: c.get(f"/v1/invocations/{running}").json()["status"]
                        == "running")
             queued = [invoke(c, profile="bash", code=f"echo recovered-{i}",
@@ -97,9 +99,10 @@ def test_accepted_async_work_survives_a_gateway_crash(tmp_path: Path) -> None:
                 body = c.get(f"/v1/invocations/{inv}", params={"wait": 20}).json()
                 assert body["status"] == "succeeded", body
                 assert body["stdout"] == f"recovered-{i}\n"
-            lost = c.get(f"/v1/invocations/{running}").json()
+            lost = c.get(f"/v1/invocations/{running}", params={"wait": 20}).json()
             assert (lost["status"], lost["reason"]) == ("error", "WorkerLost")
             assert "restarted" in lost["message"]
+            assert (lost["attempts"], lost["max_attempts"]) == (1, 1)
     finally:
         gw.stop()
 

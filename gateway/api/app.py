@@ -1,5 +1,6 @@
-"""The Starlette app: wiring and lifespan. The lifespan owns every background loop (pools,
-janitor, callback deliveries), starts them in order and stops them in reverse."""
+"""The Starlette app: wiring and lifespan. The lifespan owns every background loop
+(membership, pools, janitor, callback deliveries), starts them in order and stops them in
+reverse."""
 
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ from gateway.dispatch.janitor import Janitor
 from gateway.dispatch.service import InvocationService
 from gateway.executors import make_executor
 from gateway.executors.base import Executor
+from gateway.membership import make_membership
+from gateway.membership.base import Membership
 from gateway.metrics.registry import Metrics
 from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
 from gateway.storage.records import InvocationStore
 
 log = logging.getLogger("jobgate")
-# How often the recovering replica looks for work left by replicas that died.
+# How often the leader (Lease membership) looks for work left by replicas that died.
 RECOVERY_INTERVAL_S = 15.0
 
 
@@ -63,6 +66,7 @@ class Gateway:
     metrics: Metrics
     store: ObjectStore
     records: InvocationStore
+    membership: Membership
     executor: Executor
     deliverer: CallbackDeliverer
     service: InvocationService
@@ -105,15 +109,16 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
     metrics = Metrics()
     store = store or make_store(settings)
     records = InvocationStore(store)
-    executor = executor or make_executor(settings, profiles)
+    membership = make_membership(settings)
+    executor = executor or make_executor(settings, profiles, membership)
     policy = CallbackPolicy(settings.callback_allow)
     server_secret = _server_callback_secret(settings)
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secret)
     service = InvocationService(settings, profiles, executor, records, deliverer, metrics,
-                                policy, UploadTokens(server_secret), executor.identity)
+                                policy, UploadTokens(server_secret), membership)
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
-    return Gateway(settings, profiles, Authenticator(keys), metrics, store, records, executor,
-                   deliverer, service, janitor)
+    return Gateway(settings, profiles, Authenticator(keys), metrics, store, records,
+                   membership, executor, deliverer, service, janitor)
 
 
 class RequestMetrics:
@@ -160,14 +165,16 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                         "reach %s:%s (allowed on loopback only) ***", settings.host,
                         settings.port)
         await gateway.store.start()
+        await gateway.membership.start()
         await gateway.executor.start()
-        recovered = await gateway.service.recover()
-        await gateway.deliverer.resume_pending()
+        # Before the first request: what this gateway's previous run left is its own.
+        recovered = await gateway.service.recover(at_start=True)
         gateway.janitor.start()
         recovery = asyncio.create_task(gateway.service.recovery_loop(RECOVERY_INTERVAL_S),
                                        name="recovery")
-        log.info("jobgate %s ready: executor=%s storage=%s profiles=%s recovered=%d",
-                 jobgate_version(), gateway.executor.name, gateway.store.name,
+        log.info("jobgate %s ready: replica=%s membership=%s executor=%s storage=%s "
+                 "profiles=%s recovered=%d", jobgate_version(), gateway.membership.identity,
+                 gateway.membership.name, gateway.executor.name, gateway.store.name,
                  ",".join(gateway.profiles.names()), recovered)
         try:
             yield
@@ -178,6 +185,8 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
             await gateway.janitor.stop()
             await gateway.executor.stop()
             await gateway.service.wait_all(10)
+            # Present until its own work is done or left: then it is the leader's.
+            await gateway.membership.stop()
             await gateway.deliverer.close()
             await gateway.store.close()
 

@@ -314,7 +314,11 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     app = _app(request)
-    for verb, count in getattr(app.executor, "api_calls", {}).items():
+    calls: dict[str, int] = {}
+    for part in (app.executor, app.membership):
+        for verb, count in getattr(part, "api_calls", {}).items():
+            calls[verb] = calls.get(verb, 0) + count
+    for verb, count in calls.items():
         app.metrics.k8s_api_calls.labels(verb).set(count)
     for pool in app.executor.pools():
         for state in ("idle", "starting", "busy", "queued"):

@@ -2,7 +2,9 @@
 
 A delivery is durable: a ``_callbacks/{tenant}/{id}`` marker exists from the moment the
 result is recorded until the delivery succeeds or gives up, so a restarted gateway
-resumes it. Every attempt is recorded on the invocation (``callback.attempts``). The same
+resumes it. The marker names the invocation's owner: a gateway resumes only its own
+deliveries (or, leading, those of replicas that are gone), never a live peer's. Every
+attempt is recorded on the invocation (``callback.attempts``). The same
 ``X-Jobgate-Delivery`` id is sent on every attempt so receivers can drop duplicates.
 """
 
@@ -12,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -33,6 +35,8 @@ EVENT = "invocation.completed"
 RETRYABLE = {408, 409, 425, 429}
 
 SecretLookup = Callable[[InvocationRecord], "asyncio.Future[str] | str"]
+# Of the owners named on unfinished deliveries, those whose deliveries to resume here.
+OwnerChoice = Callable[[set[str]], Awaitable[set[str]]]
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rnd: random.Random) -> float:
@@ -53,6 +57,8 @@ class CallbackDeliverer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rnd = random.Random()
         self._closed = False
+        # marker -> (owner, per-call secret), read once per marker.
+        self._markers: dict[str, tuple[str, str | None]] = {}
 
     async def close(self) -> None:
         self._closed = True
@@ -69,7 +75,7 @@ class CallbackDeliverer:
     async def enqueue(self, record: InvocationRecord, secret: str | None) -> None:
         """Make the delivery durable, then start it in the background."""
         await self.records.store.put(
-            self._marker(record), orjson.dumps({"secret": secret}),
+            self._marker(record), orjson.dumps({"secret": secret, "owner": record.replica}),
             expires_at=record.expires_at,
         )
         self._start(record.tenant, record.id, secret)
@@ -82,17 +88,32 @@ class CallbackDeliverer:
         self._tasks[invocation_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(invocation_id, None))
 
-    async def resume_pending(self) -> int:
-        """After a restart: pick up every delivery that had not finished."""
+    async def resume_pending(self, choose: OwnerChoice) -> int:
+        """Pick up the unfinished deliveries of the owners ``choose`` picks: after a
+        restart, this gateway's own; for the leader, those of replicas that are gone."""
         keys = await self.records.store.list_keys(f"{MARKERS}/", limit=100_000)
+        listed = set(keys)
+        self._markers = {k: v for k, v in self._markers.items() if k in listed}
+        waiting: list[tuple[str, str, str]] = []
         for key in keys:
             _, tenant, inv = key.split("/", 2)
-            try:
-                secret = orjson.loads(await self.records.store.get(key)).get("secret")
-            except (ObjectNotFound, orjson.JSONDecodeError):
+            if inv in self._tasks:
                 continue
-            self._start(tenant, inv, secret)
-        return len(keys)
+            if key not in self._markers:
+                try:
+                    marker = orjson.loads(await self.records.store.get(key))
+                except (ObjectNotFound, orjson.JSONDecodeError):
+                    continue
+                self._markers[key] = (str(marker.get("owner") or ""), marker.get("secret"))
+            waiting.append((key, tenant, inv))
+        chosen = await choose({self._markers[key][0] for key, _, _ in waiting})
+        resumed = 0
+        for key, tenant, inv in waiting:
+            owner, secret = self._markers[key]
+            if owner in chosen:
+                self._start(tenant, inv, secret)
+                resumed += 1
+        return resumed
 
     async def _deliver(self, tenant: str, invocation_id: str, secret: str | None) -> None:
         try:

@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     sync_wait_s: float = Field(30.0, gt=0, le=900)
     # Seconds a SIGTERM gives in-flight sync requests before the gateway exits.
     shutdown_grace_s: float = Field(20.0, ge=0, le=600)
+    # This gateway's name among those sharing a store: the owner recorded on what it
+    # accepts and claims. Empty: kept in the data dir (generated once) without Kubernetes;
+    # host name + random with it. JOBGATE_K8S_REPLICA_ID is its older name.
+    replica_id: str = Field("", max_length=200, validation_alias=AliasChoices(
+        "JOBGATE_REPLICA_ID", "JOBGATE_K8S_REPLICA_ID", "replica_id"))
 
     # The gateway's URL as workers reach it (artifact upload URLs are asked for there);
     # empty: http://HOST:PORT of this process (right for the local executor).
@@ -82,6 +87,10 @@ class Settings(BaseSettings):
 
     # -- dispatch -------------------------------------------------------------------------
     queue_size: int = Field(256, ge=0)
+    # The most attempts an invocation may ask for (max_attempts), and the cap on the
+    # default (3 for async, 1 for sync): a worker lost through no fault of the code is
+    # run again until then.
+    max_attempts: int = Field(3, ge=1, le=10)
     max_concurrency: int = Field(32, gt=0)
     worker_idle_timeout_s: float = Field(900.0, ge=0)
     # Local executor: per-worker uids ("auto" = 200000-265535 when root, off otherwise).
@@ -98,8 +107,6 @@ class Settings(BaseSettings):
     k8s_namespace: str = "jobgate"
     # A kubeconfig file; empty: in-cluster config when running in a pod, else ~/.kube/config.
     k8s_kubeconfig: str = ""
-    # This replica's name: claims carry it, so the janitor knows whose claims are orphaned.
-    k8s_replica_id: str = ""
     k8s_runner_port: int = Field(8080, gt=0, le=65535)
     k8s_job_ttl_s: int = Field(300, ge=0)
     k8s_create_rate: float = Field(10.0, gt=0)

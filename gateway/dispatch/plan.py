@@ -24,6 +24,9 @@ from gateway.paths import path_problem
 
 RESERVED_FILES = {"input.json", "result.json"}
 MAX_NAME_LENGTH = 255
+# Like Lambda's async invocations: the first run and two retries. Sync callers wait for
+# their answer, so theirs is one attempt unless they ask for more.
+DEFAULT_ASYNC_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Plan:
     cpu: float
     ttl_s: int
     sync_wait_s: float
+    max_attempts: int
 
 
 def check_file_name(name: str) -> str:
@@ -104,9 +108,15 @@ def make_plan(req: InvocationCreate, profile: Profile, settings: Settings) -> Pl
     if req.wait_s is not None and req.mode == "async":
         raise InvalidInput("wait_s applies to sync invocations only")
     sync_wait = min(req.wait_s or settings.sync_wait_s, settings.sync_wait_s)
+    if req.max_attempts is not None and req.max_attempts > settings.max_attempts:
+        raise InvalidInput(f"max_attempts {req.max_attempts} is above the maximum of "
+                           f"{settings.max_attempts}", {"max_attempts": settings.max_attempts})
+    max_attempts = req.max_attempts or min(
+        DEFAULT_ASYNC_ATTEMPTS if req.mode == "async" else 1, settings.max_attempts)
     return Plan(profile=profile, files=files, entrypoint=entrypoint,
                 argv=profile.argv(entrypoint, list(req.args)), timeout_s=timeout_s,
-                memory_mb=memory_mb, cpu=cpu, ttl_s=ttl_s, sync_wait_s=sync_wait)
+                memory_mb=memory_mb, cpu=cpu, ttl_s=ttl_s, sync_wait_s=sync_wait,
+                max_attempts=max_attempts)
 
 
 def _files(req: InvocationCreate, profile: Profile, settings: Settings) -> dict[str, str]:
@@ -138,9 +148,10 @@ def _files(req: InvocationCreate, profile: Profile, settings: Settings) -> dict[
 
 
 def make_assignment(plan: Plan, req: InvocationCreate, invocation_id: str,
-                    settings: Settings) -> Assignment:
+                    settings: Settings, attempt: int = 1) -> Assignment:
     return Assignment(
         invocation_id=invocation_id,
+        attempt=attempt,
         files=plan.files,
         argv=plan.argv,
         inprocess=plan.profile.inprocess,

@@ -52,6 +52,7 @@ from gateway.errors import (
 from gateway.executors.base import Executor, Worker
 from gateway.executors.runner_client import WorkerUnreachable, parse_report
 from gateway.ids import new_invocation_id, new_token
+from gateway.membership.base import Membership
 from gateway.metrics.registry import Metrics
 from gateway.models import (
     REASON_STATUS,
@@ -60,6 +61,7 @@ from gateway.models import (
     CallbackState,
     InvocationCreate,
     InvocationRecord,
+    LostAttempt,
     Reason,
     Status,
     UploadSpec,
@@ -88,7 +90,7 @@ class LiveInvocation:
 class InvocationService:
     def __init__(self, settings: Settings, profiles: ProfileCatalog, executor: Executor,
                  records: InvocationStore, deliverer: CallbackDeliverer, metrics: Metrics,
-                 policy: CallbackPolicy, upload_tokens: UploadTokens, replica: str):
+                 policy: CallbackPolicy, upload_tokens: UploadTokens, membership: Membership):
         self.settings = settings
         self.profiles = profiles
         self.executor = executor
@@ -97,7 +99,7 @@ class InvocationService:
         self.metrics = metrics
         self.policy = policy
         self.upload_tokens = upload_tokens
-        self.replica = replica
+        self.membership = membership
         self._live: dict[str, LiveInvocation] = {}
         self._adopting: dict[str, asyncio.Task[None]] = {}
         self._idem_locks = KeyedLocks()
@@ -143,7 +145,7 @@ class InvocationService:
         record = InvocationRecord(
             id=new_invocation_id(), tenant=tenant, profile=plan.profile.name, mode=req.mode,
             created_at=now, expires_at=now + timedelta(seconds=plan.ttl_s),
-            replica=self.replica,
+            replica=self.membership.identity, max_attempts=plan.max_attempts,
             callback=None if req.callback is None else CallbackState(
                 url=req.callback.url, delivery_id=f"dlv_{new_token(12)}"),
         )
@@ -170,7 +172,7 @@ class InvocationService:
         record = live.record
         report: WorkerReport | None = None
         try:
-            report = await self._claim_and_run(live)
+            report = await self._run_attempts(live)
             self._apply_report(live, report)
             uploaded = report.report_uploaded and not report.upload_error
             if not uploaded and self.executor.reads_workspace and report.artifacts:
@@ -204,9 +206,29 @@ class InvocationService:
             if not live.abandoned:
                 await self._finish(live, live.worker, report)
 
+    async def _run_attempts(self, live: LiveInvocation) -> WorkerReport:
+        """Attempt after attempt, while workers are lost through no fault of the code and
+        attempts remain (``max_attempts``); any other loss ends the invocation."""
+        record = live.record
+        while True:
+            try:
+                return await self._claim_and_run(live)
+            except WorkerLost as lost:
+                if not self._may_run_again(live, lost):
+                    raise
+                worker, live.worker = live.worker, None
+                if worker is not None:
+                    await self.executor.release(worker, None)
+                report = await self._prepare_rerun(live, lost)
+                if report is not None:
+                    return report
+                with contextlib.suppress(JobgateError, OSError):
+                    await self.records.save(record)
+
     async def _claim_and_run(self, live: LiveInvocation) -> WorkerReport:
         record, plan = live.record, live.plan
-        assignment = make_assignment(plan, live.request, record.id, self.settings)
+        number = len(record.attempt_history) + 1  # of this attempt (a retry: 2 and up)
+        assignment = make_assignment(plan, live.request, record.id, self.settings, number)
         assignment.uploads = await self._uploads_for(record, plan)
         for attempt in range(UNREACHABLE_RETRIES):
             worker = await self.executor.acquire(plan.profile, record.id)
@@ -219,6 +241,7 @@ class InvocationService:
             self.metrics.starts.labels(record.profile, "warm" if worker.warm else "cold").inc()
             record.status, record.started_at = Status.running, datetime.now(UTC)
             record.warm, record.worker = worker.warm, worker.id
+            record.attempts = number
             self._save_in_background(live)
             try:
                 report = await self.executor.run(worker, assignment)
@@ -234,7 +257,7 @@ class InvocationService:
                 # The answer was lost, but the worker may have stored its report first.
                 stored = None
                 if assignment.uploads is not None and not live.cancel_requested:
-                    stored = await self._stored_report(record)
+                    stored = await self._stored_outcome(record)
                 if stored is None:
                     raise
                 report = stored
@@ -447,27 +470,35 @@ class InvocationService:
 
     # -- crash recovery and shutdown ----------------------------------------------------
 
-    async def recover(self) -> int:
-        """Finish what replicas that died accepted but never recorded as done. Queued work
-        runs now. Running work is finished from the report its worker stored, or waited
-        for while its worker still runs (Kubernetes), or else recorded as lost."""
-        if not self.executor.leads_recovery:
+    async def recover(self, *, at_start: bool = False) -> int:
+        """Finish the unfinished work this gateway owns or takes over, never a live
+        replica's: at start, what its own previous run left (the same identity: that run
+        is over); while it leads (Kubernetes), the work of replicas that are gone. Queued
+        work runs. Running work is finished from the report its worker stored, or waited
+        for while its worker still runs; else it runs again if its worker was lost through
+        no fault of its code and attempts remain, or is recorded as lost. Unfinished
+        callback deliveries of the same owners are resumed."""
+        if not at_start and not self.membership.leads:
             return 0
-        live_replicas = await self.executor.live_replicas()
-        recovered = 0
+        found: list[InvocationRecord] = []
         for tenant, invocation_id in await self.records.pending():
             if invocation_id in self._live or invocation_id in self._adopting:
                 continue
             try:
-                record = await self.records.load(tenant, invocation_id, with_logs=False)
+                found.append(await self.records.load(tenant, invocation_id, with_logs=False))
             except (InvocationNotFound, ValidationError):
                 continue
-            if record.replica in live_replicas:
-                continue  # its own replica is alive and finishes it
+        taken = await self._taken_over({record.replica or "" for record in found}, at_start)
+        recovered = 0
+        for record in found:
+            if (record.replica or "") not in taken or record.id in self._live \
+                    or record.id in self._adopting:
+                continue  # a live replica's (it finishes it), or started meanwhile
             if record.status.terminal:
                 await self.records.finish(record)  # finished, marker left by a crash
                 continue
             recovered += 1
+            tenant, invocation_id = record.tenant, record.id
             try:
                 raw = await self.records.load_request(tenant, invocation_id)
                 req = InvocationCreate.model_validate_json(raw)
@@ -478,20 +509,26 @@ class InvocationService:
                 self._fail(record, Reason.StartFailed, f"could not be resumed: {e!r}")
                 await self._close_recovered(record)
                 continue
-            record.replica = self.replica
-            if record.status == Status.queued:
-                self._start(record, plan, req)
-                continue
+            record.replica = self.membership.identity
             live = LiveInvocation(record=record, plan=plan, request=req,
                                   accepted_at=time.monotonic(),
                                   done=asyncio.get_running_loop().create_future())
-            task = asyncio.create_task(self._resume_running(live))
+            task = asyncio.create_task(self._resume(live), name=f"resume:{invocation_id}")
             self._adopting[invocation_id] = task
             task.add_done_callback(self._forget_adopted)
         if recovered:
-            log.warning("recovering %d unfinished invocation(s) of replicas that are gone",
-                        recovered)
+            log.warning("recovering %d unfinished invocation(s) of %s", recovered,
+                        ", ".join(sorted(taken)))
+        await self.deliverer.resume_pending(lambda owners: self._taken_over(owners, at_start))
         return recovered
+
+    async def _taken_over(self, owners: set[str], at_start: bool) -> set[str]:
+        """Of these owners of unfinished work, those whose work this gateway finishes now."""
+        me = self.membership.identity
+        taken = {me} & owners if at_start else set()
+        if self.membership.leads:
+            taken |= await self.membership.gone(owners - {me})
+        return taken
 
     def _forget_adopted(self, task: asyncio.Task[None]) -> None:
         for invocation_id, adopted in list(self._adopting.items()):
@@ -508,25 +545,92 @@ class InvocationService:
             return None
         return parse_report(raw, f"the stored report of {record.id}")
 
-    async def _resume_running(self, live: LiveInvocation) -> None:
+    async def _stored_outcome(self, record: InvocationRecord) -> WorkerReport | None:
+        """The report a worker stored itself, if it says how the code ended. Asked only
+        where no cancel was requested: a 'Cancelled' then is the worker stopped from
+        outside (its pod deleted, or ended before a retry), not an outcome."""
+        report = await self._stored_report(record)
+        return None if report is not None and report.reason == Reason.Cancelled else report
+
+    async def _resume(self, live: LiveInvocation) -> None:
+        """An invocation its gateway left unfinished: queued (or so its record says: the
+        crash may have come before 'running' was stored), or running."""
         record = live.record
         report = None
         try:
             report = await self._stored_report(record)
+            lost: WorkerFailure | None = None
             if report is None:
-                deadline = live.plan.timeout_s + 60
-                if await self.executor.adopt(record.id, deadline):
+                try:
+                    adopted = await self.executor.adopt(record.id, live.plan.timeout_s + 60)
+                    if adopted:
+                        report = await self._stored_report(record)
+                        lost = WorkerLost("its worker ended without storing a report")
+                    elif record.status == Status.queued:
+                        self._start(record, live.plan, live.request)  # never reached a worker
+                        return
+                except WorkerLost as e:
+                    lost = e
                     report = await self._stored_report(record)
-        except WorkerFailure as e:
+            if report is None:
+                # No worker of it runs any more, and none was seen to fail: the crash lost it.
+                lost = lost or WorkerLost("the gateway restarted while the invocation ran, "
+                                          "and its worker left no report",
+                                          no_fault_of_the_code=True)
+                if not self._may_run_again(live, lost):
+                    raise lost
+                report = await self._prepare_rerun(live, lost)
+                if report is None:
+                    if await self._still_pending(record):  # not cancelled meanwhile
+                        self._start(record, live.plan, live.request)
+                    return
+        except WorkerFailure as e:  # lost for good, or a stored report it cannot use
             self._fail(record, e.reason, str(e))
-        else:
-            if report is not None:
-                self._apply_report(live, report)
-            else:
-                self._fail(record, Reason.WorkerLost,
-                           "the gateway restarted while the invocation ran, and its worker "
-                           "left no report")
+            report = None
+        if report is not None:
+            self._apply_report(live, report)
         await self._finish(live, None, report)
+
+    async def _still_pending(self, record: InvocationRecord) -> bool:
+        try:
+            stored = await self.records.load(record.tenant, record.id, with_logs=False)
+        except (InvocationNotFound, ValidationError):
+            return False
+        return not stored.status.terminal
+
+    def _may_run_again(self, live: LiveInvocation, lost: WorkerFailure) -> bool:
+        record = live.record
+        return (lost.no_fault_of_the_code and not live.cancel_requested
+                and max(record.attempts, 1) < record.max_attempts)
+
+    async def _prepare_rerun(self, live: LiveInvocation, lost: WorkerFailure
+                             ) -> WorkerReport | None:
+        """Before an invocation runs again: its earlier attempt's worker is ended and
+        waited for, so the two never overlap. If it stored its report after all, that is
+        the outcome (returned); else the attempt is recorded as lost, and the invocation
+        is queued again (None; the caller stores that). Raises ``lost`` when the earlier
+        worker cannot be made sure gone."""
+        record = live.record
+        if not await self.executor.end_attempt(record.id):
+            raise lost
+        report = await self._stored_outcome(record)
+        if report is not None:
+            return report
+        with contextlib.suppress(JobgateError, OSError):  # never taken for the next one's
+            await self.records.store.delete_keys(
+                [self.records.key(record.tenant, record.id, "report.json")])
+        record.attempts = max(record.attempts, 1)
+        record.attempt_history.append(LostAttempt(
+            attempt=record.attempts, worker=record.worker, started_at=record.started_at,
+            ended_at=datetime.now(UTC), reason=Reason(lost.reason), message=str(lost)))
+        log.warning("invocation %s: attempt %d of %d lost (%s); running it again", record.id,
+                    record.attempts, record.max_attempts, lost)
+        record.status, record.started_at = Status.queued, None
+        record.worker, record.warm = None, None
+        if live.pending_writes:  # the earlier attempt's 'running' must not land after this
+            await asyncio.gather(*live.pending_writes, return_exceptions=True)
+            live.pending_writes.clear()
+        return None
 
     async def _close_recovered(self, record: InvocationRecord) -> None:
         record.finished_at = datetime.now(UTC)
@@ -535,8 +639,8 @@ class InvocationService:
             await self.deliverer.enqueue(record, None)
 
     async def recovery_loop(self, interval_s: float) -> None:
-        """Keeps taking over the work of replicas that die (the leader does, with the
-        Kubernetes executor). Never dies: errors are logged and retried."""
+        """Keeps taking over the work of replicas that die, while this one leads (Lease
+        membership). Never dies: errors are logged and retried."""
         while True:
             await asyncio.sleep(interval_s)
             try:

@@ -29,8 +29,6 @@ class Worker:
 
 class Executor(ABC):
     name: str
-    # This gateway process, as recorded on what it accepts and claims.
-    identity: str
     # True when the gateway can read a finished worker's workspace (artifacts are stored
     # from it directly); False when workers upload their outputs themselves.
     reads_workspace: bool = False
@@ -65,19 +63,17 @@ class Executor(ABC):
     @abstractmethod
     def pools(self) -> list[PoolState]: ...
 
-    async def live_replicas(self) -> set[str]:
-        """Gateway replicas alive now (their claims and invocations are theirs)."""
-        return {self.identity}
-
-    @property
-    def leads_recovery(self) -> bool:
-        """Whether this replica takes over the invocations of replicas that died."""
-        return True
-
     async def adopt(self, invocation_id: str, timeout_s: float) -> bool | None:
-        """A worker still running an invocation whose replica died: wait until it ends
-        (True), or None when there is no such worker."""
+        """A worker still running an invocation whose gateway is gone: wait until it ends
+        (True; its report, if it made one, is in the store), or None when there is no
+        such worker. Raises WorkerLost when it is seen to end without a report."""
         return None
+
+    @abstractmethod
+    async def end_attempt(self, invocation_id: str) -> bool:
+        """Before an invocation runs again: make sure no worker of an earlier attempt still
+        runs it or can still report, ending any that might, and waiting until it is gone.
+        False when that cannot be made sure (then it must not run again)."""
 
     @abstractmethod
     async def check(self) -> None:

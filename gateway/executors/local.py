@@ -12,6 +12,11 @@ seccomp filter, a uid of its own, an empty network namespace for profiles withou
 network, rlimits and a scrubbed environment. Whatever of that the machine cannot give
 (not root, no cgroup controllers) is named in one warning at start; docs/security.md says
 what the boundary holds.
+
+A runner that took an assignment outlives its zygote and its gateway (so a report stored
+by the worker itself is not lost with them). Every runner is listed in the data dir
+(``runners/{pid}``) while it lives, and a gateway that starts again on that data dir first
+ends whatever its previous run left running: only then may those invocations run again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import shutil
 import signal
 import stat
@@ -71,6 +77,126 @@ def _end_process(pidfd: int) -> None:
     with contextlib.suppress(OSError):
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     os.close(pidfd)
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/PID/stat from the field after the command name (the state) on."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with its pid, it names one
+    process for good (a pid is reused, never together with its start time)."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _live_descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` that has not exited (zombies left out)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields is not None and fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _kill_and_wait(pidfds: list[int], timeout_s: float) -> bool:
+    """SIGKILL each process, then wait until all have exited. True when they have."""
+    poller = select.poll()
+    for fd in pidfds:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    pending = set(pidfds)
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        for fd, _ in poller.poll(remaining * 1000):
+            pending.discard(fd)
+            poller.unregister(fd)
+    return True
+
+
+def end_process_tree(pidfd: int, pid: int, timeout_s: float = 10.0) -> bool:
+    """End a runner and everything below it (its code; the sandbox's init, whose exit
+    takes its whole pid namespace along), and wait until they are gone. The runner goes
+    first, so it cannot report an ending it did not cause. Never by uid: another gateway
+    on this machine may hand out the same uids."""
+    below = []
+    for child in _live_descendants(pid):
+        with contextlib.suppress(OSError):
+            below.append(os.pidfd_open(child))
+    try:
+        return _kill_and_wait([pidfd, *below], timeout_s)
+    finally:
+        for fd in below:
+            os.close(fd)
+
+
+class RunnerLedger:
+    """The runners this gateway started, one file each (``{pid}``: its start time), kept
+    in the data dir from its spawn until it is released, so a gateway that starts again
+    can end the runners its crashed predecessor left running."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def add(self, pid: int) -> None:
+        started = process_start_time(pid)
+        if started is None:
+            return  # already gone
+        with contextlib.suppress(OSError):
+            (self.directory / str(pid)).write_text(str(started))
+
+    def remove(self, pid: int | None) -> None:
+        if pid:
+            with contextlib.suppress(OSError):
+                (self.directory / str(pid)).unlink()
+
+    def end_leftovers(self) -> int:
+        """End every listed runner that still runs, with all that runs below it, wait
+        until each is gone, and empty the ledger. Returns how many were running."""
+        ended = 0
+        for entry in list(os.scandir(self.directory)):
+            try:
+                pid = int(entry.name)
+                started = int(Path(entry.path).read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                continue
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pidfd = -1
+            # Opened first, checked second: the pidfd then names the process checked.
+            if pidfd >= 0 and process_start_time(pid) == started:
+                ended += 1
+                if not end_process_tree(pidfd, pid):
+                    log.error("runner %d left by the previous run did not end", pid)
+            if pidfd >= 0:
+                os.close(pidfd)
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        return ended
 
 
 class UidAllocator:
@@ -339,7 +465,7 @@ class LocalExecutor(Executor):
         self._client = RunnerClient()
         self._pidfds: dict[str, int] = {}
         self._net_isolation_reported = False
-        self.identity = f"local-{os.uname().nodename}-{os.getpid()}-{new_token(3)}"
+        self.runners = RunnerLedger(Path(settings.data_dir).resolve() / "runners")
 
     def _missing_before_start(self) -> dict[str, str]:
         """The protections ruled out before any zygote starts, with the reason."""
@@ -361,6 +487,7 @@ class LocalExecutor(Executor):
         return missing
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._end_leftovers)
         await asyncio.to_thread(self._prepare_dirs)
         tag = hashlib.sha256(str(self.workspace_root).encode()).hexdigest()[:12]
         for profile in self.profiles.all():
@@ -409,6 +536,16 @@ class LocalExecutor(Executor):
                               f"{lines}")
         log.warning("local executor: workers run WITHOUT %s", lines)
 
+    def _end_leftovers(self) -> None:
+        """Runners the previous run of this gateway left running (it crashed: they took
+        an assignment and outlived it) are ended before anything else, and so before any
+        of their invocations can run again."""
+        self.runners.prepare()
+        ended = self.runners.end_leftovers()
+        if ended:
+            log.warning("ended %d worker(s) left running by this gateway's previous run",
+                        ended)
+
     def _prepare_dirs(self) -> None:
         # Sandboxed, workers never walk this path; otherwise a worker's own uid must pass
         # through it (and reaches only its own directory, 0700, inside).
@@ -439,6 +576,7 @@ class LocalExecutor(Executor):
                         "unshare): profiles without network can still reach the network")
         with contextlib.suppress(OSError):
             self._pidfds[worker_id] = os.pidfd_open(pid)
+        self.runners.add(pid)
         now = time.monotonic()
         return Worker(id=worker_id, profile=profile.name, address=f"http://127.0.0.1:{port}",
                       token=token, ready_at=now, start_latency_s=now - t0, pid=pid, uid=uid,
@@ -454,6 +592,7 @@ class LocalExecutor(Executor):
         return True
 
     async def _discard(self, worker: Worker) -> None:
+        self.runners.remove(worker.pid)
         pidfd = self._pidfds.pop(worker.id, None)
         if pidfd is not None:
             # SIGTERM: an idle runner tears its sandbox down and exits.
@@ -488,6 +627,7 @@ class LocalExecutor(Executor):
     async def release(self, worker: Worker, report: WorkerReport | None) -> None:
         pool = self._pools[worker.profile]
         pool.release(worker)
+        self.runners.remove(worker.pid)
         if report is not None and report.workspace_base:
             await asyncio.to_thread(self._remove_workspace, report.workspace_base)
         pidfd = self._pidfds.pop(worker.id, None)
@@ -503,6 +643,11 @@ class LocalExecutor(Executor):
             # before the uid is handed to another worker.
             await asyncio.to_thread(kill_processes_of_uid, worker.uid)
         self._give_back_uid(worker)
+
+    async def end_attempt(self, invocation_id: str) -> bool:
+        # A lost runner is ended at once (release), and those of a crashed predecessor at
+        # start, before recovery: nothing of an earlier attempt can still run.
+        return True
 
     def _remove_workspace(self, reported: str) -> None:
         # Only ever a directory under our workspace root, whatever the report says.

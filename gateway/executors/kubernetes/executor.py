@@ -7,10 +7,13 @@ means another replica won, and the next candidate is tried. No database, no lead
 claim path. A cold start is the same path: a worker Job is created on demand, and the
 waiting call claims whichever worker becomes ready first.
 
-One replica, elected through a Lease, maintains the pools: it keeps each profile between
-its min and max idle workers, sized from the claims it sees in the watch (arrival rate x
-start latency + headroom), creates Jobs at a limited rate, and retires idle workers past
-their age and orphaned claims. Pods are tracked by list+watch, never polled.
+One replica, the membership's leader (``gateway.membership.leases``), maintains the
+pools: it keeps each profile between its min and max idle workers, sized from the claims
+it sees in the watch (arrival rate x start latency + headroom), creates Jobs at a limited
+rate, and retires idle workers past their age and orphaned claims. Pods are tracked by
+list+watch, never polled. After a replica dies, the executor only adopts its workers
+(waits for the one still running an invocation) and ends an earlier attempt's worker
+before the invocation runs again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 from datetime import datetime
@@ -29,12 +31,10 @@ from gateway.config.profiles import Profile, ProfileCatalog
 from gateway.config.settings import Settings
 from gateway.errors import ExecutorUnavailable, QueueFull, WorkerLost, WorkerStartFailed
 from gateway.executors.base import Executor, Worker
-from gateway.executors.kubernetes.api import Conflict, KubeApi, Missing, load_api_client
-from gateway.executors.kubernetes.leader import LeaderElector, ReplicaHeartbeat
 from gateway.executors.kubernetes.reasons import (
-    POD_DELETED,
     PodFailure,
     is_ready,
+    no_fault_of_the_code,
     start_failure,
     terminal_failure,
 )
@@ -45,18 +45,22 @@ from gateway.executors.kubernetes.spec import (
     STATE,
     TOKEN_ENV,
     WORKERS_SELECTOR,
-    dns_name,
-    label_value,
     network_policies,
     worker_job,
 )
 from gateway.executors.pool import DemandSizer, RateLimiter
 from gateway.executors.runner_client import RunnerClient
 from gateway.ids import new_token
-from gateway.models import Assignment, PoolState, WorkerReport
+from gateway.kube.api import Conflict, KubeApi, Missing, load_api_client
+from gateway.kube.names import dns_name, label_value
+from gateway.membership.base import Membership
+from gateway.models import Assignment, PoolState, Reason, WorkerReport
 
 log = logging.getLogger("jobgate.k8s")
 Obj = dict[str, Any]
+# How a watched worker ended without a report: reason, message, and whether it was no
+# fault of the code (a retry may follow).
+Failure = tuple[Reason, str, bool]
 # Claims by a replica that is gone, on a worker that still answers (never got its
 # assignment), are released after this long.
 ORPHAN_CLAIM_GRACE_S = 15.0
@@ -64,6 +68,8 @@ ORPHAN_CLAIM_GRACE_S = 15.0
 # fresh workers are wanted by callers on other replicas that this one cannot see.
 SURPLUS_IDLE_AFTER_S = 30.0
 LOST_POD_SETTLE_S = 5.0
+# How long an earlier attempt's worker pod may take to be gone once its Job is deleted.
+END_ATTEMPT_TIMEOUT_S = 120.0
 
 
 def _name(pod: Obj) -> str:
@@ -115,10 +121,11 @@ class KubernetesExecutor(Executor):
     name = "kubernetes"
     reads_workspace = False
 
-    def __init__(self, settings: Settings, profiles: ProfileCatalog):
+    def __init__(self, settings: Settings, profiles: ProfileCatalog, membership: Membership):
         self.settings = settings
         self.profiles = profiles
-        self.identity = settings.k8s_replica_id or f"{os.uname().nodename}-{new_token(4)}"
+        self.membership = membership
+        self.identity = membership.identity
         self.api: KubeApi | None = None
         self._pools = {p.name: ProfilePool(p, settings.queue_size) for p in profiles.all()}
         self._by_label = {pool.label: pool for pool in self._pools.values()}
@@ -126,12 +133,10 @@ class KubernetesExecutor(Executor):
         self._limiter = RateLimiter(settings.k8s_create_rate, max(1, int(settings.k8s_create_rate)))
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self._watchers: dict[str, asyncio.Future[PodFailure]] = {}
+        self._watchers: dict[str, asyncio.Future[Failure]] = {}
+        self._cancelled: set[str] = set()  # workers this replica stopped (a cancel)
         self._kick = asyncio.Event()
         self.tracker: Any = None
-        self.leader: LeaderElector | None = None
-        self.heartbeat: ReplicaHeartbeat | None = None
-        self._live_replicas: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -150,12 +155,6 @@ class KubernetesExecutor(Executor):
         self.tracker.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.tracker.synced.wait(), 30)
-        duration = self.settings.k8s_lease_duration_s
-        self.leader = LeaderElector(self.api, self.settings.k8s_leader_lease, self.identity,
-                                    duration)
-        self.heartbeat = ReplicaHeartbeat(self.api, self.identity, duration)
-        self.heartbeat.start()
-        self.leader.start()
         self._tasks.append(asyncio.create_task(self._control(), name="k8s:pool-controller"))
         log.info("kubernetes executor: namespace %s, replica %s", self.api.namespace,
                  self.identity)
@@ -169,11 +168,7 @@ class KubernetesExecutor(Executor):
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.tracker is not None:
             await self.tracker.stop()
-        # Leave the pool to the others: release the lead and our presence, delete nothing.
-        if self.leader is not None:
-            await self.leader.stop()
-        if self.heartbeat is not None:
-            await self.heartbeat.stop()
+        # Leave the pool to the others (the membership hands the lead over): delete nothing.
         await self._client.close()
         if self.api is not None:
             await self.api.close()
@@ -199,9 +194,10 @@ class KubernetesExecutor(Executor):
                 pool.sizer.arrival()
         watcher = self._watchers.get(name)
         if watcher is not None and not watcher.done():
-            failure = POD_DELETED if kind == "DELETED" else terminal_failure(pod)
-            if failure is not None:
-                watcher.set_result(failure)
+            if kind == "DELETED":
+                watcher.set_result((Reason.WorkerLost, "the worker pod was deleted", True))
+            elif (ended := terminal_failure(pod)) is not None:
+                watcher.set_result((ended.reason, ended.message, no_fault_of_the_code(pod)))
         self._kick.set()
 
     async def _notify(self, pool: ProfilePool) -> None:
@@ -328,42 +324,58 @@ class KubernetesExecutor(Executor):
         """Send the assignment; meanwhile watch the pod, so a pod that dies, is evicted or
         OOM-killed ends the wait at once with the reason its status gives."""
         loop = asyncio.get_running_loop()
-        gone: asyncio.Future[PodFailure] = loop.create_future()
+        gone: asyncio.Future[Failure] = loop.create_future()
         self._watchers[worker.id] = gone
         call = asyncio.create_task(self._client.run(worker, assignment))
         try:
-            waiting: set[asyncio.Future[Any]] = {call, gone}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if call in done:
-                try:
-                    return call.result()
-                except WorkerLost as e:
-                    # The connection broke: the pod's status says why, once it is seen.
-                    with contextlib.suppress(TimeoutError):
-                        failure = await asyncio.wait_for(asyncio.shield(gone),
-                                                         LOST_POD_SETTLE_S)
-                        raise WorkerLost(failure.message, reason=failure.reason) from e
-                    raise
-            # The pod ended first. A worker that reports exits right after: its answer may
-            # still be on the way, so give it a moment before calling the worker lost.
-            with contextlib.suppress(TimeoutError, WorkerLost):
-                return await asyncio.wait_for(asyncio.shield(call), LOST_POD_SETTLE_S)
-            call.cancel()
-            failure = gone.result()
-            raise WorkerLost(failure.message, reason=failure.reason)
+            report = await self._report(call, gone)
+            if report.reason == Reason.Cancelled and worker.id not in self._cancelled:
+                # Stopped (SIGTERM) without a cancel of ours: its pod is being deleted by
+                # a drain, an eviction, an operator or its node's loss, not by its code.
+                with contextlib.suppress(TimeoutError):
+                    reason, message, no_fault = await asyncio.wait_for(
+                        asyncio.shield(gone), LOST_POD_SETTLE_S)
+                    if no_fault:
+                        raise WorkerLost(message, reason=reason, no_fault_of_the_code=True)
+            return report
         finally:
             self._watchers.pop(worker.id, None)
             if not call.done():
                 call.cancel()
 
+    async def _report(self, call: asyncio.Task[WorkerReport],
+                      gone: asyncio.Future[Failure]) -> WorkerReport:
+        waiting: set[asyncio.Future[Any]] = {call, gone}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if call in done:
+            try:
+                return call.result()
+            except WorkerLost as e:
+                # The connection broke: the pod's status says why, once it is seen.
+                with contextlib.suppress(TimeoutError):
+                    reason, message, no_fault = await asyncio.wait_for(
+                        asyncio.shield(gone), LOST_POD_SETTLE_S)
+                    raise WorkerLost(message, reason=reason,
+                                     no_fault_of_the_code=no_fault) from e
+                raise
+        # The pod ended first. A worker that reports exits right after: its answer may
+        # still be on the way, so give it a moment before calling the worker lost.
+        with contextlib.suppress(TimeoutError, WorkerLost):
+            return await asyncio.wait_for(asyncio.shield(call), LOST_POD_SETTLE_S)
+        call.cancel()
+        reason, message, no_fault = gone.result()
+        raise WorkerLost(message, reason=reason, no_fault_of_the_code=no_fault)
+
     async def cancel(self, worker: Worker) -> None:
         job = worker.meta.get("job")
         if job:
+            self._cancelled.add(worker.id)
             await self._delete_job(job)
 
     async def release(self, worker: Worker, report: WorkerReport | None) -> None:
         """A worker that reported exits by itself and its Job is removed by its TTL: no API
         write. A lost one is deleted, so nothing of it lingers."""
+        self._cancelled.discard(worker.id)
         job = worker.meta.get("job")
         if report is None and job:
             self._spawn(self._delete_job(job))
@@ -373,8 +385,7 @@ class KubernetesExecutor(Executor):
     async def _control(self) -> None:
         while True:
             try:
-                assert self.leader is not None
-                if self.leader.is_leader and self.tracker.synced.is_set():
+                if self.membership.leads and self.tracker.synced.is_set():
                     await self._reconcile()
             except asyncio.CancelledError:
                 raise
@@ -386,7 +397,7 @@ class KubernetesExecutor(Executor):
             await asyncio.sleep(0.05)  # coalesce bursts of watch events
 
     async def _reconcile(self) -> None:
-        assert self.api is not None and self.heartbeat is not None
+        assert self.api is not None
         now = time.time()
         for pool in self._pools.values():
             idle = self._idle_ready(pool)
@@ -438,28 +449,19 @@ class KubernetesExecutor(Executor):
     async def _release_orphaned_claims(self, now: float) -> None:
         """Claims of replicas that are gone, on workers still ready (the assignment never
         arrived), are deleted. Workers that did get their assignment finish on their own."""
-        assert self.api is not None and self.heartbeat is not None
+        assert self.api is not None
         claimed = [p for p in self.tracker.pods.values()
                    if _labels(p).get(STATE) == "claimed" and is_ready(p)
                    and now - _created(p) > ORPHAN_CLAIM_GRACE_S]
         if not claimed:
             return
-        self._live_replicas = await self.heartbeat.live_replicas()
-        live = {label_value(r) for r in self._live_replicas}
+        live = {label_value(r) for r in await self.membership.live_replicas()}
         for pod in claimed:
             if _labels(pod).get(CLAIMED_BY) not in live and (job := _job_of(pod)):
                 log.info("releasing worker %s claimed by a replica that is gone", _name(pod))
                 await self.api.delete_job(job)
 
-    # -- recovery -------------------------------------------------------------------------
-
-    async def live_replicas(self) -> set[str]:
-        assert self.heartbeat is not None
-        return await self.heartbeat.live_replicas() | {self.identity}
-
-    @property
-    def leads_recovery(self) -> bool:
-        return self.leader is not None and self.leader.is_leader
+    # -- recovery: adopting the workers of a replica that is gone ------------------------
 
     async def adopt(self, invocation_id: str, timeout_s: float) -> bool | None:
         label = label_value(invocation_id)
@@ -468,16 +470,43 @@ class KubernetesExecutor(Executor):
         if not pods:
             return None
         name = _name(pods[0])
-        gone: asyncio.Future[PodFailure] = asyncio.get_running_loop().create_future()
+        gone: asyncio.Future[Failure] = asyncio.get_running_loop().create_future()
         self._watchers[name] = gone
         try:
-            await asyncio.wait_for(gone, timeout_s)
+            reason, message, no_fault = await asyncio.wait_for(gone, timeout_s)
         except TimeoutError:
             if job := _job_of(pods[0]):
                 await self._delete_job(job)
+            raise WorkerLost(f"the worker ran {timeout_s:g}s without a report, and was "
+                             "ended", reason=Reason.Timeout) from None
         finally:
             self._watchers.pop(name, None)
-        return True
+        if reason == Reason.WorkerLost and not no_fault:
+            return True  # it exited: the report it stored, if any, is the outcome
+        raise WorkerLost(message, reason=reason, no_fault_of_the_code=no_fault)
+
+    async def end_attempt(self, invocation_id: str) -> bool:
+        """The earlier attempt's worker pods are deleted (their Jobs), and waited for until
+        none of them runs: gone from the watch, or ended (Succeeded/Failed)."""
+        label = label_value(invocation_id)
+        deadline = time.monotonic() + END_ATTEMPT_TIMEOUT_S
+        deleted: set[str] = set()
+        while True:
+            running = [p for p in self.tracker.pods.values()
+                       if _labels(p).get(INVOCATION) == label
+                       and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+            if not running:
+                return True
+            for pod in running:
+                job = _job_of(pod)
+                if job and job not in deleted:
+                    deleted.add(job)
+                    await self._delete_job(job)
+            if time.monotonic() > deadline:
+                log.warning("invocation %s: the worker of its earlier attempt is still "
+                            "there after %.0fs", invocation_id, END_ATTEMPT_TIMEOUT_S)
+                return False
+            await asyncio.sleep(0.5)
 
     # -- state ----------------------------------------------------------------------------
 

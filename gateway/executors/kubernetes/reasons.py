@@ -83,3 +83,19 @@ def terminal_failure(pod: Obj) -> PodFailure | None:
     if phase == "Succeeded":
         return PodFailure(Reason.WorkerLost, "the worker exited without reporting")
     return None
+
+
+def no_fault_of_the_code(pod: Obj) -> bool:
+    """Whether a pod that ended without a report was ended from outside, through no fault
+    of its code: deleted (by an operator, a drain, a preemption, the loss of its node) or
+    evicted for its node's sake. Not when it was evicted for exceeding its own storage
+    limits, killed for its memory, failed by itself, or ran past its deadline."""
+    status = pod.get("status", {})
+    if pod.get("metadata", {}).get("deletionTimestamp") and status.get("phase") != "Succeeded":
+        return True
+    if status.get("reason") == "Evicted":
+        # The kubelet says "exceeds the limit" / "exceeded its ... limit" when the pod's
+        # own use (emptyDir, ephemeral storage) was the cause; "the node was low on ..."
+        # when the node was.
+        return "exceed" not in (status.get("message") or "").lower()
+    return False

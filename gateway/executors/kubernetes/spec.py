@@ -5,15 +5,13 @@ warm worker of a profile can take any call of that profile."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from gateway.config.profiles import Profile
 from gateway.config.settings import Settings
+from gateway.kube.names import COMPONENT, MANAGED_BY, label_value
 
 Obj = dict[str, Any]
-MANAGED_BY = "app.kubernetes.io/managed-by"
-COMPONENT = "app.kubernetes.io/component"
 PROFILE = "jobgate.io/profile"
 STATE = "jobgate.io/state"
 INVOCATION = "jobgate.io/invocation"
@@ -25,16 +23,6 @@ WORKERS_SELECTOR = f"{MANAGED_BY}=jobgate,{COMPONENT}=worker"
 # How long a worker may exist past its longest possible run: the Job's deadline is only
 # a backstop behind the runner's own timeout and the pool's idle-age limit.
 DEADLINE_SLACK_S = 120
-
-
-def label_value(text: str) -> str:
-    """A valid label value (<= 63 characters of [A-Za-z0-9_.-], alphanumeric at the ends)."""
-    value = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.")
-    return value or "x"
-
-
-def dns_name(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]", "-", text.lower()).strip("-")[:40] or "x"
 
 
 def worker_labels(profile: Profile) -> dict[str, str]:

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from gateway.executors.kubernetes.api import Gone, KubeApi
+from gateway.kube.api import Gone, KubeApi
 
 log = logging.getLogger("jobgate.k8s.tracker")
 Obj = dict[str, Any]

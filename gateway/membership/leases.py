@@ -1,20 +1,28 @@
-"""Leader election and replica presence through coordination.k8s.io/v1 Leases.
+"""Membership on Kubernetes: replica presence and leader election through
+coordination.k8s.io/v1 Leases.
 
-One Lease elects the replica that maintains the pools (every replica serves and claims).
-Each replica also renews a Lease of its own: a claim whose replica's Lease has expired is
-an orphan the leader may clean up."""
+One Lease elects the replica that leads: it maintains the pools and takes over the work
+of replicas that are gone (every replica serves and claims). Each replica also renews a
+Lease of its own while it lives, and deletes it when it stops: a replica whose Lease is
+missing or expired is gone, and its claims and unfinished invocations are the leader's to
+clean up or finish."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.executors.kubernetes.api import Conflict, KubeApi, Missing
-from gateway.executors.kubernetes.spec import COMPONENT, MANAGED_BY, dns_name
+from gateway.config.settings import Settings
+from gateway.errors import ExecutorUnavailable
+from gateway.ids import new_token
+from gateway.kube.api import Conflict, KubeApi, Missing, load_api_client
+from gateway.kube.names import COMPONENT, MANAGED_BY, dns_name
+from gateway.membership.base import Membership
 
-log = logging.getLogger("jobgate.k8s.leader")
+log = logging.getLogger("jobgate.membership.leases")
 Obj = dict[str, Any]
 REPLICA_SELECTOR = f"{MANAGED_BY}=jobgate,{COMPONENT}=replica"
 
@@ -90,7 +98,7 @@ class LeaderElector:
             if lease_expired(lease):
                 await self.api.replace_lease(self.name,
                                              self._lease(transitions + 1, _now(), rv))
-                log.info("took over the pool leader lease from %r",
+                log.info("took over lease %s from %r", self.name,
                          spec.get("holderIdentity"))
                 return True
         except Conflict:
@@ -108,13 +116,13 @@ class LeaderElector:
                 leading = False
             if leading != self.is_leader:
                 self.is_leader = leading
-                log.info("this replica %s the pool leader",
-                         "is now" if leading else "is no longer")
+                log.info("this replica %s the holder of lease %s",
+                         "is now" if leading else "is no longer", self.name)
                 self.changed.set()
             await asyncio.sleep(self.duration_s / 3)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="k8s:leader")
+        self._task = asyncio.create_task(self.run(), name=f"lease:{self.name}")
 
     async def stop(self) -> None:
         if self._task:
@@ -151,3 +159,57 @@ class ReplicaHeartbeat:
         listing = await self.api.list_leases(REPLICA_SELECTOR)
         return {item["spec"].get("holderIdentity", "") for item in listing.get("items", [])
                 if not lease_expired(item)}
+
+
+class LeaseMembership(Membership):
+    name = "leases"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.identity = settings.replica_id or f"{os.uname().nodename}-{new_token(4)}"
+        self.api: KubeApi | None = None
+        self.leader: LeaderElector | None = None
+        self.heartbeat: ReplicaHeartbeat | None = None
+
+    async def start(self) -> None:
+        try:
+            self.api = KubeApi(await load_api_client(self.settings.k8s_kubeconfig),
+                               self.settings.k8s_namespace)
+        except Exception as e:
+            raise ExecutorUnavailable(f"cannot configure the Kubernetes client: {e}") from e
+        duration = self.settings.k8s_lease_duration_s
+        self.heartbeat = ReplicaHeartbeat(self.api, self.identity, duration)
+        self.leader = LeaderElector(self.api, self.settings.k8s_leader_lease, self.identity,
+                                    duration)
+        # Present before it accepts anything, so the leader never takes its work for a
+        # gone replica's (the renewal loop keeps trying if this first round fails).
+        try:
+            await self.heartbeat.elector.try_acquire()
+        except Exception as e:  # noqa: BLE001 - the loop below retries
+            log.warning("could not announce this replica yet: %r", e)
+        self.heartbeat.start()
+        self.leader.start()
+
+    async def stop(self) -> None:
+        # Hand the lead over at once, then say we are gone: our work is the next leader's.
+        if self.leader is not None:
+            await self.leader.stop()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+        if self.api is not None:
+            await self.api.close()
+
+    @property
+    def leads(self) -> bool:
+        return self.leader is not None and self.leader.is_leader
+
+    async def live_replicas(self) -> set[str]:
+        assert self.heartbeat is not None
+        return await self.heartbeat.live_replicas() | {self.identity}
+
+    async def gone(self, replicas: set[str]) -> set[str]:
+        return replicas - await self.live_replicas()
+
+    @property
+    def api_calls(self) -> dict[str, int]:
+        return dict(self.api.calls) if self.api else {}

@@ -1,0 +1,3 @@
+"""The Kubernetes API as jobgate uses it, shared by the Kubernetes executor (worker Jobs and
+pods) and the Lease membership (replica presence, the leader): the client, and the naming
+rules every object jobgate makes on Kubernetes follows."""

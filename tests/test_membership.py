@@ -1,0 +1,332 @@
+"""Membership and the retry of lost attempts, in-process over fakes: a fake executor (its
+workers' fates scripted), a fake membership, the real service and local storage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.auth.upload_tokens import UploadTokens
+from gateway.callbacks.delivery import CallbackDeliverer
+from gateway.callbacks.ssrf import CallbackPolicy
+from gateway.config.profiles import Profile, load_profiles
+from gateway.config.settings import Settings
+from gateway.dispatch.plan import make_plan
+from gateway.dispatch.service import InvocationService
+from gateway.errors import ConfigError, InvalidInput, WorkerLost
+from gateway.executors.base import Executor, Worker
+from gateway.executors.kubernetes.reasons import no_fault_of_the_code
+from gateway.ids import new_invocation_id
+from gateway.membership.base import Membership
+from gateway.membership.standalone import StandaloneMembership
+from gateway.metrics.registry import Metrics
+from gateway.models import (
+    Assignment,
+    InvocationCreate,
+    InvocationRecord,
+    PoolState,
+    Status,
+    WorkerReport,
+)
+from gateway.storage.local import LocalStore
+from gateway.storage.records import InvocationStore
+
+TENANT = "tenant-a"
+DONE = WorkerReport(exit_code=0, stdout="done\n", stdout_bytes=5)
+
+
+class FakeMembership(Membership):
+    name = "fake"
+
+    def __init__(self, identity: str, *, leads: bool = False, gone: frozenset[str] = frozenset()):
+        self.identity = identity
+        self._leads = leads
+        self._gone = gone
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    @property
+    def leads(self) -> bool:
+        return self._leads
+
+    async def live_replicas(self) -> set[str]:
+        return {self.identity}
+
+    async def gone(self, replicas: set[str]) -> set[str]:
+        return replicas & self._gone
+
+
+class FakeExecutor(Executor):
+    """Each run takes the next scripted outcome: a report, or a WorkerLost to raise."""
+
+    name = "fake"
+
+    def __init__(self, outcomes: list[WorkerReport | WorkerLost], *,
+                 can_end_attempts: bool = True):
+        self.outcomes = outcomes
+        self.can_end_attempts = can_end_attempts
+        self.events: list[tuple[str, Any]] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def check_room(self, profile: Profile) -> None:
+        pass
+
+    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+        n = len([e for e in self.events if e[0] == "acquire"]) + 1
+        self.events.append(("acquire", n))
+        return Worker(id=f"w{n}", profile=profile.name, address="http://w", token="t",
+                      ready_at=0.0, start_latency_s=0.0)
+
+    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+        self.events.append(("run", assignment.attempt))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, WorkerLost):
+            raise outcome
+        return outcome
+
+    async def cancel(self, worker: Worker) -> None:
+        pass
+
+    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+        self.events.append(("release", worker.id))
+
+    async def end_attempt(self, invocation_id: str) -> bool:
+        self.events.append(("end_attempt", invocation_id))
+        return self.can_end_attempts
+
+    def pools(self) -> list[PoolState]:
+        return []
+
+    async def check(self) -> None:
+        pass
+
+
+Run = Callable[[Callable[[InvocationStore], Coroutine[Any, Any, None]]], None]
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def run(store_dir: Path) -> Run:
+    """Runs ``main(records)`` on a fresh event loop, over one local store."""
+    def runner(main: Callable[[InvocationStore], Coroutine[Any, Any, None]]) -> None:
+        async def wrapped() -> None:
+            store = LocalStore(store_dir)
+            await store.start()
+            try:
+                await main(InvocationStore(store))
+            finally:
+                await store.close()
+        asyncio.run(wrapped())
+    return runner
+
+
+def make_service(records: InvocationStore, executor: Executor, membership: Membership,
+                 **settings: Any) -> InvocationService:
+    assert isinstance(records.store, LocalStore)
+    config = Settings(data_dir=records.store.root.parent, **settings)
+    metrics = Metrics()
+    policy = CallbackPolicy([])
+    deliverer = CallbackDeliverer(config, records, metrics, policy, "s" * 32)
+    return InvocationService(config, load_profiles(None), executor, records, deliverer,
+                             metrics, policy, UploadTokens("s" * 32), membership)
+
+
+async def stored(records: InvocationStore, owner: str, status: Status,
+                 **body: Any) -> InvocationRecord:
+    """An invocation as a gateway ``owner`` left it when it died."""
+    request = {"profile": "bash", "code": "echo done", "mode": "async", **body}
+    now = datetime.now(UTC)
+    record = InvocationRecord(id=new_invocation_id(), tenant=TENANT, profile="bash",
+                              mode="async", status=status, created_at=now,
+                              expires_at=now + timedelta(hours=1), replica=owner,
+                              max_attempts=3, attempts=1 if status == Status.running else 0)
+    await records.create(record, orjson.dumps(request))
+    return record
+
+
+async def finished(service: InvocationService, records: InvocationStore,
+                   record: InvocationRecord) -> InvocationRecord:
+    for _ in range(200):
+        current = await records.load(TENANT, record.id)
+        if current.status.terminal and record.id not in service._live:
+            return current
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{record.id} did not finish")
+
+
+def test_a_standalone_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    first = StandaloneMembership(Settings(data_dir=tmp_path))
+    again = StandaloneMembership(Settings(data_dir=tmp_path))
+    assert first.identity == again.identity
+    assert first.identity != StandaloneMembership(Settings(data_dir=tmp_path / "x")).identity
+    assert StandaloneMembership(Settings(data_dir=tmp_path, replica_id="gw-7")).identity == \
+        "gw-7"
+
+    async def main() -> None:
+        assert not first.leads and await first.gone({"other"}) == set()
+        await first.start()
+        with pytest.raises(ConfigError, match="another gateway is running"):
+            await again.start()
+        await first.stop()
+        await again.start()  # free again once the first one stops
+        await again.stop()
+
+    asyncio.run(main())
+
+
+def test_a_gateway_recovers_its_own_work_and_no_live_peer_s(run: Run) -> None:
+    async def main(records: InvocationStore) -> None:
+        mine = await stored(records, "b", Status.running)
+        mine_queued = await stored(records, "b", Status.queued)
+        peers = await stored(records, "a", Status.running)
+        peers_queued = await stored(records, "a", Status.queued)
+        executor = FakeExecutor([DONE, DONE])
+        service = make_service(records, executor, FakeMembership("b"))
+        assert await service.recover(at_start=True) == 2
+        assert await service.recover() == 0  # the sweep: nothing for a standalone gateway
+        rerun = await finished(service, records, mine)
+        assert (rerun.status, rerun.attempts, rerun.stdout) == (Status.succeeded, 2, "done\n")
+        assert [a.reason.value for a in rerun.attempt_history] == ["WorkerLost"]
+        assert ("end_attempt", mine.id) in executor.events
+        queued = await finished(service, records, mine_queued)
+        assert (queued.status, queued.attempts, queued.attempt_history) == \
+            (Status.succeeded, 1, [])
+        for left in (peers, peers_queued):  # a's: not b's to take, a may be alive
+            assert (await records.load(TENANT, left.id)).status == left.status
+        assert {i for _, i in await records.pending()} == {peers.id, peers_queued.id}
+
+        # The leader, once its membership knows a is gone, takes over a's work.
+        leader = make_service(records, FakeExecutor([DONE, DONE]),
+                              FakeMembership("c", leads=True, gone=frozenset({"a"})))
+        assert await leader.recover() == 2
+        for taken in (peers, peers_queued):
+            assert (await finished(leader, records, taken)).status == Status.succeeded
+
+    run(main)
+
+
+def _request(**body: Any) -> InvocationCreate:
+    return InvocationCreate.model_validate({"profile": "bash", "code": "echo done", **body})
+
+
+def test_a_worker_lost_through_no_fault_of_the_code_runs_again(run: Run) -> None:
+    async def main(records: InvocationStore) -> None:
+        executor = FakeExecutor([
+            WorkerLost("the worker pod was deleted", no_fault_of_the_code=True),
+            WorkerLost("the pod was evicted", reason="Evicted", no_fault_of_the_code=True),
+            DONE])
+        service = make_service(records, executor, FakeMembership("a"))
+        record, live = await service.submit(TENANT, _request(mode="async"), b"{}", None)
+        assert live is not None
+        done = await asyncio.wait_for(live.done, 5)
+        assert (done.status, done.attempts, done.max_attempts) == (Status.succeeded, 3, 3)
+        assert [(a.attempt, a.reason.value, a.worker) for a in done.attempt_history] == \
+            [(1, "WorkerLost", "w1"), (2, "Evicted", "w2")]
+        # Each earlier worker released and made sure gone before the next one is taken.
+        assert executor.events == [
+            ("acquire", 1), ("run", 1), ("release", "w1"), ("end_attempt", record.id),
+            ("acquire", 2), ("run", 2), ("release", "w2"), ("end_attempt", record.id),
+            ("acquire", 3), ("run", 3), ("release", "w3")]
+
+    run(main)
+
+
+@pytest.mark.parametrize("case", ["the code's doing", "sync", "attempts used up",
+                                  "earlier worker not sure gone"])
+def test_when_a_lost_worker_is_not_run_again(run: Run, case: str) -> None:
+    lost = WorkerLost("the worker pod was deleted", no_fault_of_the_code=case != "the code's doing")
+    body: dict[str, Any] = {"mode": "sync" if case == "sync" else "async"}
+    if case == "attempts used up":
+        body["max_attempts"] = 2
+
+    async def main(records: InvocationStore) -> None:
+        outcomes: list[WorkerReport | WorkerLost] = [lost, lost, DONE]
+        executor = FakeExecutor(outcomes,
+                                can_end_attempts=case != "earlier worker not sure gone")
+        service = make_service(records, executor, FakeMembership("a"))
+        _, live = await service.submit(TENANT, _request(**body), b"{}", None)
+        assert live is not None
+        done = await asyncio.wait_for(live.done, 5)
+        assert (done.status, done.reason) == (Status.error, "WorkerLost")
+        assert done.attempts == (2 if case == "attempts used up" else 1)
+
+    run(main)
+
+
+def test_max_attempts_defaults_and_cap() -> None:
+    catalog = load_profiles(None)
+
+    def plan(settings: Settings, **body: Any) -> int:
+        req = _request(**body)
+        return make_plan(req, catalog.get(req.profile), settings).max_attempts
+
+    assert plan(Settings(), mode="async") == 3
+    assert plan(Settings()) == 1
+    assert plan(Settings(), max_attempts=2) == 2
+    assert plan(Settings(max_attempts=2), mode="async") == 2
+    with pytest.raises(InvalidInput):
+        plan(Settings(max_attempts=2), mode="async", max_attempts=3)
+
+
+@pytest.mark.parametrize(("status", "deleted", "expected"), [
+    ({"phase": "Running"}, True, True),  # deleted: an operator, a drain, its node lost
+    ({"phase": "Failed", "reason": "Evicted",
+      "message": "The node was low on resource: memory."}, False, True),
+    ({"phase": "Failed", "reason": "Evicted",
+      "message": 'Usage of EmptyDir volume "workspace" exceeds the limit "64Mi". '}, False,
+     False),
+    ({"phase": "Failed", "reason": "Evicted",
+      "message": "Container runner exceeded its local ephemeral storage limit \"1Gi\". "},
+     False, False),
+    ({"phase": "Failed", "containerStatuses": [
+        {"state": {"terminated": {"reason": "OOMKilled"}}}]}, False, False),
+    ({"phase": "Failed"}, False, False),
+    ({"phase": "Succeeded"}, True, False),
+])
+def test_which_pod_endings_are_no_fault_of_the_code(status: dict[str, Any], deleted: bool,
+                                                      expected: bool) -> None:
+    meta = {"deletionTimestamp": "2025-01-01T00:00:00Z"} if deleted else {}
+    assert no_fault_of_the_code({"metadata": meta, "status": status}) is expected
+
+
+def test_callback_deliveries_are_resumed_only_for_the_owners_chosen(run: Run) -> None:
+    async def main(records: InvocationStore) -> None:
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        for owner in ("a", "b", None):
+            await records.store.put(f"_callbacks/{TENANT}/inv_{owner}",
+                                    orjson.dumps({"secret": None, "owner": owner}),
+                                    expires_at=expires)
+        deliverer = CallbackDeliverer(Settings(), records, Metrics(), CallbackPolicy([]),
+                                      "s" * 32)
+        started: list[str] = []
+        deliverer._start = lambda tenant, inv, secret: started.append(inv)  # type: ignore[method-assign]
+        asked: list[set[str]] = []
+
+        async def choose(owners: set[str]) -> set[str]:
+            asked.append(owners)
+            return {"b"}
+
+        assert await deliverer.resume_pending(choose) == 1
+        assert asked == [{"a", "b", ""}] and started == ["inv_b"]
+        await deliverer.close()
+
+    run(main)
