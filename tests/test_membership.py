@@ -38,7 +38,8 @@ from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
 
 TENANT = "tenant-a"
-DONE = WorkerReport(exit_code=0, stdout="done\n", stdout_bytes=5)
+DONE = WorkerReport(protocol=1, reason=None, exit_code=0, workspace_base=None,
+                    stdout="done\n", stdout_bytes=5)
 
 
 class FakeMembership(Membership):
