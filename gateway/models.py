@@ -4,11 +4,12 @@ and the runner protocol (assignment and report). Nothing here imports anything a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 # Environment names a client may set; reserved prefixes stay jobgate's.
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -124,10 +125,19 @@ class CallbackSpec(BaseModel):
     )
 
 
+# Exactly one of code and files (checked in dispatch/plan.py; said here for the document).
+CODE_OR_FILES: list[JsonValue] = [
+    {"required": ["code"], "properties": {"code": {"type": "string"}, "files": {"type": "null"}}},
+    {"required": ["files"], "properties": {"files": {"type": "object", "minProperties": 1},
+                                           "code": {"type": "null"}}},
+]
+
+
 class InvocationCreate(BaseModel):
     """The body of ``POST /v1/invocations``."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=16 * 1024 * 1024)
+    model_config = ConfigDict(extra="forbid", str_max_length=16 * 1024 * 1024,
+                              json_schema_extra={"oneOf": CODE_OR_FILES})
     profile: str = Field(max_length=64, description="Runtime profile name, see /v1/profiles")
     code: str | None = Field(None, description="Inline source, written to the entrypoint")
     files: dict[str, str] | None = Field(None, description="File name -> text, multi-file")
@@ -136,7 +146,9 @@ class InvocationCreate(BaseModel):
     args: list[str] = Field(default_factory=list)
     stdin: str | None = None
     input: Any = Field(None, description="Any JSON: input.json and $JOBGATE_INPUT")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "propertyNames": {"pattern": ENV_NAME.pattern,
+                          "not": {"pattern": "^[Jj][Oo][Bb][Gg][Aa][Tt][Ee]_"}}})
     timeout_s: float | None = Field(None, gt=0)
     resources: Resources | None = None
     mode: Literal["sync", "async"] = "sync"
@@ -179,7 +191,16 @@ class InvocationCreate(BaseModel):
 # ---------------------------------------------------------------------------------------
 
 
+# The record's parts are stored and answered. Their schema says every field is in their
+# JSON (pydantic dumps defaulted fields too: the OpenAPI document must not call them
+# optional) and nothing else is (model_dump writes only fields), without refusing, when a
+# record is loaded, one written by a version that had more.
+ANSWERED = ConfigDict(json_schema_serialization_defaults_required=True,
+                      json_schema_extra={"additionalProperties": False})
+
+
 class Timings(BaseModel):
+    model_config = ANSWERED
     queued_ms: float | None = None
     start_ms: float | None = None
     run_ms: float | None = None
@@ -187,13 +208,16 @@ class Timings(BaseModel):
 
 
 class Artifact(BaseModel):
+    """An artifact as stored in the record (its URL is the gateway's, added when answered)."""
+
+    model_config = ANSWERED
     name: str
     size: int
     sha256: str
-    url: str | None = None
 
 
 class CallbackAttempt(BaseModel):
+    model_config = ANSWERED
     attempt: int
     at: datetime
     status_code: int | None = None
@@ -202,6 +226,7 @@ class CallbackAttempt(BaseModel):
 
 
 class CallbackState(BaseModel):
+    model_config = ANSWERED
     url: str
     delivery_id: str
     status: Literal["pending", "delivered", "failed"] = "pending"
@@ -213,6 +238,7 @@ class LostAttempt(BaseModel):
     """An earlier attempt of an invocation: its worker was lost without a report, through
     no fault of the code, and the invocation ran again."""
 
+    model_config = ANSWERED
     attempt: int
     worker: str | None = None
     started_at: datetime | None = None
@@ -221,12 +247,11 @@ class LostAttempt(BaseModel):
     message: str | None = None
 
 
-class InvocationRecord(BaseModel):
-    """Everything known about an invocation. Stored as record.json; stdout and stderr are
-    stored beside it and joined in when an invocation is returned."""
+class InvocationFields(BaseModel):
+    """What the stored record and the answer share."""
 
+    model_config = ANSWERED
     id: str
-    tenant: str
     profile: str
     mode: Literal["sync", "async"]
     status: Status = Status.queued
@@ -241,7 +266,8 @@ class InvocationRecord(BaseModel):
     stderr_bytes: int = 0
     result: Any = None
     result_error: str | None = None
-    artifacts: list[Artifact] = Field(default_factory=list)
+    # A Sequence: the answer narrows it to ArtifactLink (with its URL).
+    artifacts: Sequence[Artifact] = Field(default_factory=list)
     timings: Timings = Field(default_factory=Timings)
     warm: bool | None = None
     worker: str | None = None
@@ -255,27 +281,67 @@ class InvocationRecord(BaseModel):
     attempts: int = 0
     max_attempts: int = 1
     attempt_history: list[LostAttempt] = Field(default_factory=list)
+
+
+class InvocationRecord(InvocationFields):
+    """Everything known about an invocation. Stored as record.json; stdout and stderr are
+    stored beside it and joined in when an invocation is returned. Never answered as is:
+    ``public()`` is what a client sees."""
+
+    tenant: str
     # Its owner: the gateway that accepted it, or that took it over from a replica that is
     # gone. Only its owner (restarted) or the leader (once the owner is gone) recovers it.
     replica: str | None = None
 
-    def public(self, base_path: str = "/v1/invocations") -> dict[str, Any]:
-        body = self.model_dump(mode="json", exclude={"tenant", "replica"})
-        for artifact in body["artifacts"]:
-            artifact["url"] = f"{base_path}/{self.id}/artifacts/{artifact['name']}"
-        body["links"] = {
-            "self": f"{base_path}/{self.id}",
-            "logs": f"{base_path}/{self.id}/logs",
-            "artifacts": f"{base_path}/{self.id}/artifacts",
-            "cancel": f"{base_path}/{self.id}/cancel",
-        }
-        return body
+    def public(self, base_path: str = "/v1/invocations") -> Invocation:
+        links = InvocationLinks.of(self.id, base_path)
+        fields = self.model_dump(exclude={"tenant", "replica", "artifacts"})
+        return Invocation(
+            **fields, links=links,
+            artifacts=[ArtifactLink(**a.model_dump(), url=f"{links.artifacts}/{a.name}")
+                       for a in self.artifacts])
+
+
+# ---------------------------------------------------------------------------------------
+# API answers: what each operation serves, and so what the OpenAPI document describes.
+# extra="forbid" gives additionalProperties: false (built here, never read from a client).
+# ---------------------------------------------------------------------------------------
+
+ANSWER = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+class InvocationLinks(BaseModel):
+    model_config = ANSWER
+    self: str
+    logs: str
+    artifacts: str
+    cancel: str
+
+    @classmethod
+    def of(cls, invocation_id: str, base_path: str = "/v1/invocations") -> InvocationLinks:
+        base = f"{base_path}/{invocation_id}"
+        return cls(self=base, logs=f"{base}/logs", artifacts=f"{base}/artifacts",
+                   cancel=f"{base}/cancel")
+
+
+class ArtifactLink(Artifact):
+    model_config = ANSWER
+    url: str
+
+
+class Invocation(InvocationFields):
+    """An invocation as answered (and as POSTed to its callback)."""
+
+    model_config = ANSWER
+    artifacts: Sequence[ArtifactLink] = Field(default_factory=list)
+    links: InvocationLinks
 
 
 class InvocationSummary(BaseModel):
+    model_config = ANSWER
     id: str
     profile: str
-    mode: str
+    mode: Literal["sync", "async"]
     status: Status
     reason: Reason | None
     created_at: datetime
@@ -283,27 +349,35 @@ class InvocationSummary(BaseModel):
 
 
 class InvocationPage(BaseModel):
+    model_config = ANSWER
     items: list[InvocationSummary]
     next_cursor: str | None
 
 
 class AcceptedInvocation(BaseModel):
+    model_config = ANSWER
     id: str
     status: Status
-    links: dict[str, str]
+    links: InvocationLinks
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
+class InvocationLogs(BaseModel):
+    model_config = ANSWER
+    id: str
+    status: Status
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorBody
+class ArtifactList(BaseModel):
+    model_config = ANSWER
+    items: list[ArtifactLink]
 
 
 class PoolState(BaseModel):
+    model_config = ANSWER
     profile: str
     executor: str
     idle: int
@@ -315,6 +389,35 @@ class PoolState(BaseModel):
     target_idle: int
     warm_starts: int
     cold_starts: int
+
+
+class PoolList(BaseModel):
+    model_config = ANSWER
+    items: list[PoolState]
+
+
+class Health(BaseModel):
+    model_config = ANSWER
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    model_config = ANSWER
+    ready: bool
+    checks: dict[str, str] = Field(description="storage, executor (and gateway while "
+                                   "shutting down): ok, or what is wrong")
+
+
+class ErrorBody(BaseModel):
+    model_config = ANSWER
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = ANSWER
+    error: ErrorBody
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,7 +471,9 @@ class Assignment(BaseModel):
     inprocess: bool = False
     stdin: str | None = None
     input: Any = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "propertyNames": {"pattern": ENV_NAME.pattern,
+                          "not": {"pattern": "^[Jj][Oo][Bb][Gg][Aa][Tt][Ee]_"}}})
     timeout_s: float
     limits: RunLimits
     output_cap_bytes: int

@@ -192,7 +192,9 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
     app.state.jobgate = gateway
-    app.state.openapi = build_openapi(jobgate_version())
+    app.state.openapi = build_openapi(jobgate_version(), ROUTES,
+                                      profiles=gateway.profiles.names(),
+                                      sync_wait_s=settings.sync_wait_s)
     app.add_middleware(RequestMetrics)
     return app
 

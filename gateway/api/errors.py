@@ -38,7 +38,8 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = HTTP_CODES.get(exc.status_code, "HTTPError")
-    return error_response(code, str(exc.detail), exc.status_code)
+    # A 405 carries the Allow header Starlette put on it (RFC 9110 requires it).
+    return error_response(code, str(exc.detail), exc.status_code, headers=exc.headers)
 
 
 async def client_disconnect(request: Request, exc: Exception) -> Response:

@@ -1,10 +1,13 @@
-"""JSON responses rendered with orjson, and the one error shape."""
+"""JSON responses rendered with orjson: answers are pydantic models (the ones the OpenAPI
+document is generated from), errors the one error shape."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from gateway.errors import JobgateError
@@ -17,9 +20,18 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
+def answer(model: BaseModel, status: int = 200,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+
+
 def error_response(code: str, message: str, status: int, details: Any = None,
-                   retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+                   retry_after: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """``ErrorResponse`` in the document; built as a dict so that ``details`` is any JSON."""
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": {"code": code, "message": message, "details": details}},
                         status_code=status, headers=headers)
 

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.api.responses import JSONResponse
+from gateway.api.responses import JSONResponse, answer
+from gateway.config.profiles import ProfileList
 from gateway.errors import (
     ArtifactNotFound,
     BadRequest,
@@ -29,9 +30,17 @@ from gateway.errors import (
 from gateway.ids import is_invocation_id
 from gateway.models import (
     AcceptedInvocation,
+    ArtifactList,
     ArtifactListing,
+    Health,
     InvocationCreate,
+    InvocationLinks,
+    InvocationLogs,
+    InvocationPage,
     InvocationRecord,
+    InvocationSummary,
+    PoolList,
+    Readiness,
     Status,
 )
 
@@ -75,11 +84,10 @@ async def _read_json(request: Request, limit: int) -> tuple[Any, bytes]:
         raise BadRequest(f"malformed JSON: {e}") from None
 
 
-def _accepted(record: InvocationRecord) -> JSONResponse:
-    body = AcceptedInvocation(id=record.id, status=record.status,
-                              links=record.public()["links"]).model_dump(mode="json")
-    return JSONResponse(body, status_code=202,
-                        headers={"Location": f"{INV}/{record.id}"})
+def _accepted(record: InvocationRecord) -> Response:
+    links = InvocationLinks.of(record.id, INV)
+    return answer(AcceptedInvocation(id=record.id, status=record.status, links=links),
+                  202, headers={"Location": links.self})
 
 
 # -- invocations ---------------------------------------------------------------------------
@@ -101,7 +109,7 @@ async def create_invocation(request: Request) -> Response:
         if finished is None:
             return _accepted(live.record)
         record = finished
-    return JSONResponse(record.public())
+    return answer(record.public(INV))
 
 
 async def list_invocations(request: Request) -> Response:
@@ -126,10 +134,8 @@ async def list_invocations(request: Request) -> Response:
         raise InvalidInput("invalid cursor")
     records, next_cursor = await app.records.list_page(
         tenant, status=status, profile=q.get("profile") or None, cursor=cursor, limit=limit)
-    items = [r.model_dump(mode="json", include={"id", "profile", "mode", "status", "reason",
-                                                 "created_at", "finished_at"})
-             for r in records]
-    return JSONResponse({"items": items, "next_cursor": next_cursor})
+    items = [InvocationSummary.model_validate(r, from_attributes=True) for r in records]
+    return answer(InvocationPage(items=items, next_cursor=next_cursor))
 
 
 async def get_invocation(request: Request) -> Response:
@@ -147,7 +153,7 @@ async def get_invocation(request: Request) -> Response:
         record = await app.service.wait_for(tenant, inv, wait_s)
     else:
         record = await app.service.get(tenant, inv)
-    return JSONResponse(record.public())
+    return answer(record.public(INV))
 
 
 async def get_logs(request: Request) -> Response:
@@ -163,18 +169,16 @@ async def get_logs(request: Request) -> Response:
         return PlainTextResponse(stdout if stream == "stdout" else stderr)
     if stream:
         raise InvalidInput("stream must be stdout or stderr")
-    return JSONResponse({"id": inv, "status": record.status.value, "stdout": stdout,
-                         "stderr": stderr, "stdout_truncated": record.stdout_truncated,
-                         "stderr_truncated": record.stderr_truncated})
+    return answer(InvocationLogs(id=inv, status=record.status, stdout=stdout, stderr=stderr,
+                                 stdout_truncated=record.stdout_truncated,
+                                 stderr_truncated=record.stderr_truncated))
 
 
 async def list_artifacts(request: Request) -> Response:
     app = _app(request)
     tenant, inv = _tenant(request), _invocation_id(request)
     record = await app.service.get(tenant, inv)
-    items = [a.model_dump(mode="json") | {"url": f"{INV}/{inv}/artifacts/{a.name}"}
-             for a in record.artifacts]
-    return JSONResponse({"items": items})
+    return answer(ArtifactList(items=record.public(INV).artifacts))
 
 
 async def get_artifact(request: Request) -> Response:
@@ -273,7 +277,7 @@ async def presign_uploads(request: Request) -> Response:
 async def cancel_invocation(request: Request) -> Response:
     app = _app(request)
     record = await app.service.cancel(_tenant(request), _invocation_id(request))
-    return JSONResponse(record.public())
+    return answer(record.public(INV))
 
 
 # -- catalogue and state -------------------------------------------------------------------
@@ -282,18 +286,17 @@ async def cancel_invocation(request: Request) -> Response:
 async def list_profiles(request: Request) -> Response:
     app = _app(request)
     _tenant(request)
-    items = [p.model_dump(mode="json", exclude={"requires"}) for p in app.profiles.all()]
-    return JSONResponse({"items": items})
+    return answer(ProfileList(items=app.profiles.all()))
 
 
 async def list_pools(request: Request) -> Response:
     app = _app(request)
     _tenant(request)
-    return JSONResponse({"items": [p.model_dump(mode="json") for p in app.executor.pools()]})
+    return answer(PoolList(items=app.executor.pools()))
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return answer(Health())
 
 
 async def readyz(request: Request) -> Response:
@@ -309,7 +312,7 @@ async def readyz(request: Request) -> Response:
         except (JobgateError, TimeoutError, OSError) as e:
             ready = False
             checks[name] = getattr(e, "message", None) or f"{type(e).__name__}"
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return answer(Readiness(ready=ready, checks=checks), 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -339,7 +342,9 @@ ROUTES = [
     Route(INV + "/{id}/artifacts.zip", get_artifacts_zip, methods=["GET"]),
     Route(INV + "/{id}/artifacts/{name:path}", get_artifact, methods=["GET"]),
     Route(INV + "/{id}/cancel", cancel_invocation, methods=["POST"]),
-    Route("/internal" + INV + "/{id}/uploads", presign_uploads, methods=["POST"]),
+    # The workers' own endpoint (upload token, not an API key): not in the document.
+    Route("/internal" + INV + "/{id}/uploads", presign_uploads, methods=["POST"],
+          include_in_schema=False),
     Route("/v1/profiles", list_profiles, methods=["GET"]),
     Route("/v1/pools", list_pools, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),

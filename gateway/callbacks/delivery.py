@@ -125,7 +125,7 @@ class CallbackDeliverer:
         if state is None or state.status != "pending":
             await self.records.store.delete_keys([self._marker(record)])
             return
-        body = orjson.dumps(record.public())
+        body = orjson.dumps(record.public().model_dump(mode="json"))
         key = secret or self.server_secret
         max_attempts = self.settings.callback_max_attempts
         while len(state.attempts) < max_attempts:

@@ -18,7 +18,9 @@ from gateway.errors import ProfileNotFound
 
 
 class PoolSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Answered by GET /v1/profiles: every field is in its JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              json_schema_serialization_defaults_required=True)
     min: int = Field(1, ge=0)
     max: int = Field(4, ge=0)
     # Kubernetes: workers idle longer than this are replaced (fresh image, fresh node).
@@ -26,14 +28,16 @@ class PoolSpec(BaseModel):
 
 
 class Profile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              json_schema_serialization_defaults_required=True)
     name: str
     description: str = ""
     image: str
     language: str
     command: list[str] = Field(min_length=1)
     default_entrypoint: str
-    requires: str | None = None
+    # The gateway's own check that the runtime is installed here: not shown to clients.
+    requires: str | None = Field(None, exclude=True)
     inprocess: bool = False
     memory_mode: Literal["as", "data", "none"] = "as"
     default_timeout_s: float = Field(30, gt=0)
@@ -50,6 +54,13 @@ class Profile(BaseModel):
 
     def argv(self, entrypoint: str, args: list[str]) -> list[str]:
         return [part.replace("{entrypoint}", entrypoint) for part in self.command] + args
+
+
+class ProfileList(BaseModel):
+    """The answer of ``GET /v1/profiles``."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[Profile]
 
 
 class ProfileCatalog:
