@@ -73,6 +73,9 @@ class FakeExecutor(Executor):
     async def release(self, worker: Worker, report: WorkerReport | None) -> None:
         self.released.append((worker, report))
 
+    async def end_attempt(self, invocation_id: str) -> bool:
+        return True  # a fake worker never outlives its call
+
     def pools(self) -> list[PoolState]:
         return []
 
