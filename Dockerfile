@@ -4,7 +4,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY runtimes ./runtimes
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[s3,kubernetes]'
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --create-home jobgate

@@ -32,6 +32,7 @@ from gateway.executors.local.workspace import (
 from gateway.executors.local.zygote import PROTECTION_NAMES, Zygote, safe_name
 from gateway.executors.pool import WarmPool
 from gateway.executors.runner_client import RunnerClient
+from gateway.membership.base import Membership
 from gateway.models import Assignment, PoolState, WorkerReport
 
 log = logging.getLogger("jobgate.executor.local")
@@ -43,7 +44,9 @@ class LocalExecutor(Executor):
     name = "local"
     reads_workspace = True
 
-    def __init__(self, settings: Settings, profiles: ProfileCatalog):
+    def __init__(self, settings: Settings, profiles: ProfileCatalog,
+                 membership: Membership | None = None):
+        # Membership is not the local executor's concern: its workers die with the machine.
         self.settings = settings
         self.profiles = profiles
         uid_range = parse_uid_range(settings.local_uid_range)
