@@ -142,8 +142,7 @@ def run(store_dir: Path) -> Run:
 
 def make_service(records: InvocationStore, executor: Executor, membership: Membership,
                  **settings: Any) -> InvocationService:
-    assert isinstance(records.store, LocalStore)
-    config = Settings(data_dir=records.store.root.parent, **settings)
+    config = Settings(**settings)
     metrics = Metrics()
     policy = CallbackPolicy([])
     deliverer = CallbackDeliverer(config, records, metrics, policy, "s" * 32)
@@ -313,9 +312,10 @@ def test_callback_deliveries_are_resumed_only_for_the_owners_chosen(run: Run) ->
     async def main(records: InvocationStore) -> None:
         expires = datetime.now(UTC) + timedelta(hours=1)
         for owner in ("a", "b", None):
-            await records.store.put(f"_callbacks/{TENANT}/inv_{owner}",
-                                    orjson.dumps({"secret": None, "owner": owner}),
-                                    expires_at=expires)
+            await records.mark_callback(
+                InvocationRecord(id=f"inv_{owner}", tenant=TENANT, profile="bash",
+                                 mode="async", created_at=expires, expires_at=expires,
+                                 replica=owner), None)
         deliverer = CallbackDeliverer(Settings(), records, Metrics(), CallbackPolicy([]),
                                       "s" * 32)
         started: list[str] = []

@@ -189,12 +189,11 @@ async def get_artifact(request: Request) -> Response:
     artifact = next((a for a in record.artifacts if a.name == name), None)
     if artifact is None:
         raise ArtifactNotFound(f"invocation {inv} has no artifact {name!r}")
-    key = app.records.artifact_key(tenant, inv, name)
-    url = await app.store.presign_get(key, expires_s=app.settings.s3_presign_ttl_s,
-                                      filename=name.rsplit("/", 1)[-1])
+    url = await app.records.artifact_url(tenant, inv, name,
+                                         expires_s=app.settings.s3_presign_ttl_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    stream = app.store.stream(key)
+    stream = app.records.artifact_stream(tenant, inv, name)
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -246,10 +245,10 @@ async def get_artifacts_zip(request: Request) -> Response:
         sink = _ZipSink()
         with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_STORED) as zf:
             for artifact in record.artifacts:
-                key = app.records.artifact_key(tenant, inv, artifact.name)
                 with zf.open(artifact.name, "w", force_zip64=artifact.size > 2**31) as entry:
                     try:
-                        async for chunk in app.store.stream(key):
+                        async for chunk in app.records.artifact_stream(tenant, inv,
+                                                                       artifact.name):
                             entry.write(chunk)
                             if sink.parts:
                                 yield sink.take()

@@ -278,9 +278,7 @@ class InvocationService:
         for its report, and a token to ask for artifact URLs. None: the gateway stores
         them from the workspace (local executor, local storage)."""
         ttl = plan.timeout_s + self.settings.storage_retry_budget_s + 300
-        report_url = await self.records.store.presign_put(
-            self.records.key(record.tenant, record.id, "report.json"), expires_s=int(ttl),
-            content_type="application/json")
+        report_url = await self.records.presign_report_put(record, expires_s=int(ttl))
         if report_url is None:
             return None
         base = self.settings.worker_gateway_url.rstrip("/") or \
@@ -302,9 +300,8 @@ class InvocationService:
         ttl = self.settings.s3_presign_ttl_s
         urls = {}
         for artifact in listing.artifacts:
-            url = await self.records.store.presign_put(
-                self.records.artifact_key(tenant, invocation_id, artifact.name),
-                expires_s=ttl)
+            url = await self.records.presign_artifact_put(tenant, invocation_id,
+                                                          artifact.name, expires_s=ttl)
             if url is None:
                 raise InvalidInput("this gateway's storage takes no direct uploads")
             urls[artifact.name] = url
@@ -342,9 +339,7 @@ class InvocationService:
 
     async def _store_artifacts(self, record: InvocationRecord, report: WorkerReport) -> None:
         async def one(art_path: str, name: str, sha: str) -> None:
-            await self.records.store.put_file(
-                self.records.artifact_key(record.tenant, record.id, name), Path(art_path),
-                expires_at=record.expires_at, sha256=sha)
+            await self.records.put_artifact_file(record, name, Path(art_path), sha)
 
         await asyncio.gather(*(one(a.path, a.name, a.sha256) for a in report.artifacts
                                if a.path))
@@ -538,10 +533,8 @@ class InvocationService:
     async def _stored_report(self, record: InvocationRecord) -> WorkerReport | None:
         """The report the worker stored itself, None if there is none; BadWorkerReport
         if it is not one this gateway can use."""
-        try:
-            raw = await self.records.store.get(
-                self.records.key(record.tenant, record.id, "report.json"))
-        except ObjectNotFound:
+        raw = await self.records.worker_report(record)
+        if raw is None:
             return None
         return parse_report(raw, f"the stored report of {record.id}")
 
@@ -617,8 +610,7 @@ class InvocationService:
         if report is not None:
             return report
         with contextlib.suppress(JobgateError, OSError):  # never taken for the next one's
-            await self.records.store.delete_keys(
-                [self.records.key(record.tenant, record.id, "report.json")])
+            await self.records.drop_worker_report(record)
         record.attempts = max(record.attempts, 1)
         record.attempt_history.append(LostAttempt(
             attempt=record.attempts, worker=record.worker, started_at=record.started_at,
