@@ -1,5 +1,6 @@
 """The HTTP API v1. Each handler reads top to bottom: authenticate -> parse -> call the
-service -> answer. Errors are raised as types and mapped in gateway.api.errors."""
+dispatcher (``invoke`` for a new invocation: the sync-or-202 decision is its) -> answer.
+Errors are raised as types and mapped in gateway.api.errors."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from gateway.api.responses import JSONResponse, answer
 from gateway.config.profiles import ProfileList
+from gateway.dispatch.invoke import InvocationRequest
 from gateway.errors import (
     ArtifactNotFound,
     BadRequest,
@@ -100,16 +102,11 @@ async def create_invocation(request: Request) -> Response:
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
     req = InvocationCreate.model_validate(data)
-    record, live = await app.service.submit(tenant, req, raw,
-                                            request.headers.get("idempotency-key"))
-    if req.mode == "async" or (live is None and not record.status.terminal):
-        return _accepted(record)
-    if live is not None:
-        finished = await app.service.wait(live, live.plan.sync_wait_s)
-        if finished is None:
-            return _accepted(live.record)
-        record = finished
-    return answer(record.public(INV))
+    outcome = await app.service.invoke(InvocationRequest(
+        tenant, req, raw, request.headers.get("idempotency-key")))
+    if not outcome.finished:
+        return _accepted(outcome.record)
+    return answer(outcome.record.public(INV))
 
 
 async def list_invocations(request: Request) -> Response:
