@@ -62,7 +62,7 @@ async def test_idempotency_locks_do_not_outlive_their_requests(tmp_path: Path) -
         for batch in range(4):
             await asyncio.gather(*(post(batch * 50 + i) for i in range(50)))
         assert len(executor.runs) == 200
-        assert len(gw.gateway.service._idem_locks) == 0
+        assert len(gw.gateway.service.admission.idem_locks) == 0
 
 
 async def test_concurrent_posts_with_one_idempotency_key_make_one_invocation(
@@ -77,7 +77,7 @@ async def test_concurrent_posts_with_one_idempotency_key_make_one_invocation(
         assert first.json()["id"] == second.json()["id"]
         assert first.json()["status"] == "succeeded"
         assert len(executor.runs) == 1
-        assert len(gw.gateway.service._idem_locks) == 0
+        assert len(gw.gateway.service.admission.idem_locks) == 0
 
 
 # -- reasons ----------------------------------------------------------------------------

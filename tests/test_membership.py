@@ -17,8 +17,9 @@ from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import Profile, load_profiles
 from gateway.config.settings import Settings
+from gateway.dispatch.invoke import Dispatcher, InvocationRequest, build_dispatcher
+from gateway.dispatch.parts import Parts
 from gateway.dispatch.plan import make_plan
-from gateway.dispatch.service import InvocationService
 from gateway.errors import ConfigError, InvalidInput, WorkerLost
 from gateway.executors.base import Executor, Worker
 from gateway.executors.kubernetes.reasons import no_fault_of_the_code
@@ -141,14 +142,13 @@ def run(store_dir: Path) -> Run:
 
 
 def make_service(records: InvocationStore, executor: Executor, membership: Membership,
-                 **settings: Any) -> InvocationService:
-    assert isinstance(records.store, LocalStore)
-    config = Settings(data_dir=records.store.root.parent, **settings)
+                 **settings: Any) -> Dispatcher:
+    config = Settings(**settings)
     metrics = Metrics()
     policy = CallbackPolicy([])
     deliverer = CallbackDeliverer(config, records, metrics, policy, "s" * 32)
-    return InvocationService(config, load_profiles(None), executor, records, deliverer,
-                             metrics, policy, UploadTokens("s" * 32), membership)
+    parts = Parts(config, load_profiles(None), executor, records, metrics, membership)
+    return build_dispatcher(parts, deliverer, policy, UploadTokens("s" * 32))
 
 
 async def stored(records: InvocationStore, owner: str, status: Status,
@@ -164,11 +164,11 @@ async def stored(records: InvocationStore, owner: str, status: Status,
     return record
 
 
-async def finished(service: InvocationService, records: InvocationStore,
+async def finished(service: Dispatcher, records: InvocationStore,
                    record: InvocationRecord) -> InvocationRecord:
     for _ in range(200):
         current = await records.load(TENANT, record.id)
-        if current.status.terminal and record.id not in service._live:
+        if current.status.terminal and record.id not in service.live:
             return current
         await asyncio.sleep(0.01)
     raise AssertionError(f"{record.id} did not finish")
@@ -236,7 +236,8 @@ def test_a_worker_lost_through_no_fault_of_the_code_runs_again(run: Run) -> None
             WorkerLost("the pod was evicted", reason="Evicted", no_fault_of_the_code=True),
             DONE])
         service = make_service(records, executor, FakeMembership("a"))
-        record, live = await service.submit(TENANT, _request(mode="async"), b"{}", None)
+        record, live = await service.admission.admit(
+            InvocationRequest(TENANT, _request(mode="async"), b"{}"))
         assert live is not None
         done = await asyncio.wait_for(live.done, 5)
         assert (done.status, done.attempts, done.max_attempts) == (Status.succeeded, 3, 3)
@@ -264,7 +265,7 @@ def test_when_a_lost_worker_is_not_run_again(run: Run, case: str) -> None:
         executor = FakeExecutor(outcomes,
                                 can_end_attempts=case != "earlier worker not sure gone")
         service = make_service(records, executor, FakeMembership("a"))
-        _, live = await service.submit(TENANT, _request(**body), b"{}", None)
+        _, live = await service.admission.admit(InvocationRequest(TENANT, _request(**body), b"{}"))
         assert live is not None
         done = await asyncio.wait_for(live.done, 5)
         assert (done.status, done.reason) == (Status.error, "WorkerLost")
@@ -313,9 +314,10 @@ def test_callback_deliveries_are_resumed_only_for_the_owners_chosen(run: Run) ->
     async def main(records: InvocationStore) -> None:
         expires = datetime.now(UTC) + timedelta(hours=1)
         for owner in ("a", "b", None):
-            await records.store.put(f"_callbacks/{TENANT}/inv_{owner}",
-                                    orjson.dumps({"secret": None, "owner": owner}),
-                                    expires_at=expires)
+            await records.mark_callback(
+                InvocationRecord(id=f"inv_{owner}", tenant=TENANT, profile="bash",
+                                 mode="async", created_at=expires, expires_at=expires,
+                                 replica=owner), None)
         deliverer = CallbackDeliverer(Settings(), records, Metrics(), CallbackPolicy([]),
                                       "s" * 32)
         started: list[str] = []

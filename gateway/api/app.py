@@ -29,8 +29,9 @@ from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import ProfileCatalog, load_profiles
 from gateway.config.settings import Settings
+from gateway.dispatch.invoke import Dispatcher, build_dispatcher
 from gateway.dispatch.janitor import Janitor
-from gateway.dispatch.service import InvocationService
+from gateway.dispatch.parts import Parts
 from gateway.executors import make_executor
 from gateway.executors.base import Executor
 from gateway.membership import make_membership
@@ -69,7 +70,7 @@ class Gateway:
     membership: Membership
     executor: Executor
     deliverer: CallbackDeliverer
-    service: InvocationService
+    service: Dispatcher
     janitor: Janitor
 
 
@@ -114,8 +115,8 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
     policy = CallbackPolicy(settings.callback_allow)
     server_secret = _server_callback_secret(settings)
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secret)
-    service = InvocationService(settings, profiles, executor, records, deliverer, metrics,
-                                policy, UploadTokens(server_secret), membership)
+    parts = Parts(settings, profiles, executor, records, metrics, membership)
+    service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
     return Gateway(settings, profiles, Authenticator(keys), metrics, store, records,
                    membership, executor, deliverer, service, janitor)

@@ -1,5 +1,6 @@
 """The HTTP API v1. Each handler reads top to bottom: authenticate -> parse -> call the
-service -> answer. Errors are raised as types and mapped in gateway.api.errors."""
+dispatcher (``invoke`` for a new invocation: the sync-or-202 decision is its) -> answer.
+Errors are raised as types and mapped in gateway.api.errors."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from gateway.api.responses import JSONResponse, answer
 from gateway.config.profiles import ProfileList
+from gateway.dispatch.invoke import InvocationRequest
 from gateway.errors import (
     ArtifactNotFound,
     BadRequest,
@@ -100,16 +102,11 @@ async def create_invocation(request: Request) -> Response:
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
     req = InvocationCreate.model_validate(data)
-    record, live = await app.service.submit(tenant, req, raw,
-                                            request.headers.get("idempotency-key"))
-    if req.mode == "async" or (live is None and not record.status.terminal):
-        return _accepted(record)
-    if live is not None:
-        finished = await app.service.wait(live, live.plan.sync_wait_s)
-        if finished is None:
-            return _accepted(live.record)
-        record = finished
-    return answer(record.public(INV))
+    outcome = await app.service.invoke(InvocationRequest(
+        tenant, req, raw, request.headers.get("idempotency-key")))
+    if not outcome.finished:
+        return _accepted(outcome.record)
+    return answer(outcome.record.public(INV))
 
 
 async def list_invocations(request: Request) -> Response:
@@ -189,12 +186,11 @@ async def get_artifact(request: Request) -> Response:
     artifact = next((a for a in record.artifacts if a.name == name), None)
     if artifact is None:
         raise ArtifactNotFound(f"invocation {inv} has no artifact {name!r}")
-    key = app.records.artifact_key(tenant, inv, name)
-    url = await app.store.presign_get(key, expires_s=app.settings.s3_presign_ttl_s,
-                                      filename=name.rsplit("/", 1)[-1])
+    url = await app.records.artifact_url(tenant, inv, name,
+                                         expires_s=app.settings.s3_presign_ttl_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    stream = app.store.stream(key)
+    stream = app.records.artifact_stream(tenant, inv, name)
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -246,10 +242,10 @@ async def get_artifacts_zip(request: Request) -> Response:
         sink = _ZipSink()
         with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_STORED) as zf:
             for artifact in record.artifacts:
-                key = app.records.artifact_key(tenant, inv, artifact.name)
                 with zf.open(artifact.name, "w", force_zip64=artifact.size > 2**31) as entry:
                     try:
-                        async for chunk in app.store.stream(key):
+                        async for chunk in app.records.artifact_stream(tenant, inv,
+                                                                       artifact.name):
                             entry.write(chunk)
                             if sink.parts:
                                 yield sink.take()

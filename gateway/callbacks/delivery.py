@@ -23,13 +23,12 @@ import orjson
 from gateway.callbacks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.settings import Settings
-from gateway.errors import CallbackRefused, InvocationNotFound, ObjectNotFound
+from gateway.errors import CallbackRefused, InvocationNotFound
 from gateway.metrics.registry import Metrics
 from gateway.models import CallbackAttempt, InvocationRecord
-from gateway.storage.records import InvocationStore
+from gateway.storage.records import CallbackMark, InvocationStore
 
 log = logging.getLogger("jobgate.callbacks")
-MARKERS = "_callbacks"
 EVENT = "invocation.completed"
 # Statuses worth another attempt; any other 4xx means the receiver will never accept it.
 RETRYABLE = {408, 409, 425, 429}
@@ -57,8 +56,8 @@ class CallbackDeliverer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rnd = random.Random()
         self._closed = False
-        # marker -> (owner, per-call secret), read once per marker.
-        self._markers: dict[str, tuple[str, str | None]] = {}
+        # (tenant, invocation id) -> its mark (owner, per-call secret), read once per mark.
+        self._marks: dict[tuple[str, str], CallbackMark] = {}
 
     async def close(self) -> None:
         self._closed = True
@@ -68,16 +67,9 @@ class CallbackDeliverer:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
 
-    @staticmethod
-    def _marker(record: InvocationRecord) -> str:
-        return f"{MARKERS}/{record.tenant}/{record.id}"
-
     async def enqueue(self, record: InvocationRecord, secret: str | None) -> None:
         """Make the delivery durable, then start it in the background."""
-        await self.records.store.put(
-            self._marker(record), orjson.dumps({"secret": secret, "owner": record.replica}),
-            expires_at=record.expires_at,
-        )
+        await self.records.mark_callback(record, secret)
         self._start(record.tenant, record.id, secret)
 
     def _start(self, tenant: str, invocation_id: str, secret: str | None) -> None:
@@ -91,27 +83,24 @@ class CallbackDeliverer:
     async def resume_pending(self, choose: OwnerChoice) -> int:
         """Pick up the unfinished deliveries of the owners ``choose`` picks: after a
         restart, this gateway's own; for the leader, those of replicas that are gone."""
-        keys = await self.records.store.list_keys(f"{MARKERS}/", limit=100_000)
-        listed = set(keys)
-        self._markers = {k: v for k, v in self._markers.items() if k in listed}
-        waiting: list[tuple[str, str, str]] = []
-        for key in keys:
-            _, tenant, inv = key.split("/", 2)
+        listed = await self.records.callback_marks()
+        self._marks = {k: v for k, v in self._marks.items() if k in set(listed)}
+        waiting: list[tuple[str, str]] = []
+        for tenant, inv in listed:
             if inv in self._tasks:
                 continue
-            if key not in self._markers:
-                try:
-                    marker = orjson.loads(await self.records.store.get(key))
-                except (ObjectNotFound, orjson.JSONDecodeError):
+            if (tenant, inv) not in self._marks:
+                mark = await self.records.callback_mark(tenant, inv)
+                if mark is None:
                     continue
-                self._markers[key] = (str(marker.get("owner") or ""), marker.get("secret"))
-            waiting.append((key, tenant, inv))
-        chosen = await choose({self._markers[key][0] for key, _, _ in waiting})
+                self._marks[tenant, inv] = mark
+            waiting.append((tenant, inv))
+        chosen = await choose({self._marks[key].owner for key in waiting})
         resumed = 0
-        for key, tenant, inv in waiting:
-            owner, secret = self._markers[key]
-            if owner in chosen:
-                self._start(tenant, inv, secret)
+        for tenant, inv in waiting:
+            mark = self._marks[tenant, inv]
+            if mark.owner in chosen:
+                self._start(tenant, inv, mark.secret)
                 resumed += 1
         return resumed
 
@@ -119,11 +108,11 @@ class CallbackDeliverer:
         try:
             record = await self.records.load(tenant, invocation_id)
         except InvocationNotFound:
-            await self.records.store.delete_keys([f"{MARKERS}/{tenant}/{invocation_id}"])
+            await self.records.unmark_callback(tenant, invocation_id)
             return
         state = record.callback
         if state is None or state.status != "pending":
-            await self.records.store.delete_keys([self._marker(record)])
+            await self.records.unmark_callback(record.tenant, record.id)
             return
         body = orjson.dumps(record.public().model_dump(mode="json"))
         key = secret or self.server_secret
@@ -151,7 +140,7 @@ class CallbackDeliverer:
             state.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
             await self.records.save(record)
         await self.records.save(record)
-        await self.records.store.delete_keys([self._marker(record)])
+        await self.records.unmark_callback(record.tenant, record.id)
         log.info("callback %s for %s: %s after %d attempt(s)", state.delivery_id,
                  invocation_id, state.status, len(state.attempts))
 

@@ -29,8 +29,8 @@ class Worker:
 
 class Executor(ABC):
     name: str
-    # True when the gateway can read a finished worker's workspace (artifacts are stored
-    # from it directly); False when workers upload their outputs themselves.
+    # True when the gateway can read a finished worker's workspace (it may store the
+    # artifacts from it: gateway.dispatch.outputs decides, once, at start).
     reads_workspace: bool = False
 
     @abstractmethod

@@ -24,6 +24,8 @@ class ObjectStore(ABC):
     where it can (S3 object metadata) and the janitor enforces it through the expiry index."""
 
     name: str
+    # True when presign_put() gives URLs: workers then upload their outputs themselves.
+    presigns: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients, create the bucket, install lifecycle rules."""

@@ -5,10 +5,12 @@ one prefix per tenant and invocation, so it is deleted in one sweep:
     {tenant}/{id}/record.json        the invocation record (status, result, timings)
     {tenant}/{id}/stdout, stderr     captured output (capped)
     {tenant}/{id}/artifacts/{name}   files the code wrote under artifacts/
+    {tenant}/{id}/report.json        the report a worker uploaded itself (S3 storage)
 
-Beside it, three small indexes, each an object per entry so any replica can read them:
+Beside it, small indexes, each an object per entry so any replica can read them:
 
     _pending/{tenant}/{id}           accepted and not finished: recovered after a crash
+    _callbacks/{tenant}/{id}         a callback not yet delivered (its owner, its secret)
     _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
     _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
@@ -30,6 +34,8 @@ from gateway.storage.base import ObjectStore
 PENDING = "_pending"
 EXPIRY = "_expiry"
 IDEMPOTENCY = "_idempotency"
+CALLBACKS = "_callbacks"
+REPORT = "report.json"
 _SEP = "~"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -54,9 +60,17 @@ class IdempotencyEntry:
     body_sha256: str
 
 
+@dataclass(frozen=True)
+class CallbackMark:
+    owner: str
+    secret: str | None
+
+
 class InvocationStore:
+    """The only reader and writer of the layout above: nothing else builds a key."""
+
     def __init__(self, store: ObjectStore, *, list_concurrency: int = 16):
-        self.store = store
+        self._store = store
         self._list_concurrency = list_concurrency
 
     # -- keys ---------------------------------------------------------------------------
@@ -70,6 +84,11 @@ class InvocationStore:
 
     def artifact_key(self, tenant: str, invocation_id: str, name: str) -> str:
         return self.key(tenant, invocation_id, f"artifacts/{name}")
+
+    @property
+    def presigns(self) -> bool:
+        """Whether workers can upload to this store themselves (presigned PUT URLs)."""
+        return self._store.presigns
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -91,7 +110,7 @@ class InvocationStore:
             items.append((idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
         items.append((marker, orjson.dumps({"keys": extra_keys}), JSON))
         items.append(self._record_item(record))
-        await self.store.put_many(items, expires_at=exp)
+        await self._store.put_many(items, expires_at=exp)
 
     def _record_item(self, record: InvocationRecord) -> tuple[str, bytes, str]:
         body = record.model_dump_json(exclude={"stdout", "stderr"}).encode()
@@ -99,24 +118,24 @@ class InvocationStore:
 
     async def save(self, record: InvocationRecord) -> None:
         key, body, ctype = self._record_item(record)
-        await self.store.put(key, body, expires_at=record.expires_at, content_type=ctype)
+        await self._store.put(key, body, expires_at=record.expires_at, content_type=ctype)
 
     async def finish(self, record: InvocationRecord) -> None:
         """Store the outputs and the final record, then drop the pending marker."""
         t, i = record.tenant, record.id
-        await self.store.put_many([
+        await self._store.put_many([
             (self.key(t, i, "stdout"), (record.stdout or "").encode(), TEXT),
             (self.key(t, i, "stderr"), (record.stderr or "").encode(), TEXT),
             self._record_item(record),
         ], expires_at=record.expires_at)
-        await self.store.delete_keys([f"{PENDING}/{t}/{i}"])
+        await self._store.delete_keys([f"{PENDING}/{t}/{i}"])
 
     # -- reads --------------------------------------------------------------------------
 
     async def load(self, tenant: str, invocation_id: str, *, with_logs: bool = True
                    ) -> InvocationRecord:
         try:
-            raw = await self.store.get(self.key(tenant, invocation_id, "record.json"))
+            raw = await self._store.get(self.key(tenant, invocation_id, "record.json"))
         except (ObjectNotFound, ValueError):
             raise InvocationNotFound(f"no invocation {invocation_id!r}") from None
         record = InvocationRecord.model_validate_json(raw)
@@ -127,7 +146,7 @@ class InvocationStore:
     async def logs(self, tenant: str, invocation_id: str) -> tuple[str, str]:
         async def one(name: str) -> str:
             try:
-                data = await self.store.get(self.key(tenant, invocation_id, name))
+                data = await self._store.get(self.key(tenant, invocation_id, name))
             except ObjectNotFound:
                 return ""
             return data.decode("utf-8", errors="replace")
@@ -136,7 +155,7 @@ class InvocationStore:
         return out, err
 
     async def load_request(self, tenant: str, invocation_id: str) -> bytes:
-        return await self.store.get(self.key(tenant, invocation_id, "request.json"))
+        return await self._store.get(self.key(tenant, invocation_id, "request.json"))
 
     async def list_page(self, tenant: str, *, status: Status | None, profile: str | None,
                    cursor: str | None, limit: int) -> tuple[list[InvocationRecord], str | None]:
@@ -155,7 +174,7 @@ class InvocationStore:
                     return None  # created but not yet recorded, or being deleted
 
         while len(found) < limit and budget > 0:
-            ids = await self.store.list_children(f"{tenant}/", start_after=scanned_last,
+            ids = await self._store.list_children(f"{tenant}/", start_after=scanned_last,
                                                  limit=min(budget, 200))
             ids = [i for i in ids if i.startswith("inv_")]
             if not ids:
@@ -178,7 +197,7 @@ class InvocationStore:
     # -- indexes ------------------------------------------------------------------------
 
     async def pending(self) -> list[tuple[str, str]]:
-        keys = await self.store.list_keys(f"{PENDING}/", limit=100_000)
+        keys = await self._store.list_keys(f"{PENDING}/", limit=100_000)
         out = []
         for key in keys:
             _, tenant, inv = key.split("/", 2)
@@ -191,7 +210,7 @@ class InvocationStore:
 
     async def idempotency(self, tenant: str, key_hash: str) -> IdempotencyEntry | None:
         try:
-            raw = orjson.loads(await self.store.get(f"{IDEMPOTENCY}/{tenant}/{key_hash}"))
+            raw = orjson.loads(await self._store.get(f"{IDEMPOTENCY}/{tenant}/{key_hash}"))
         except ObjectNotFound:
             return None
         return IdempotencyEntry(raw["id"], raw["body_sha256"])
@@ -201,10 +220,10 @@ class InvocationStore:
         current = _bucket(now)
         epoch_now = now.timestamp()
         out: list[ExpiryEntry] = []
-        for bucket in await self.store.list_children(f"{EXPIRY}/"):
+        for bucket in await self._store.list_children(f"{EXPIRY}/"):
             if bucket > current:
                 break
-            for key in await self.store.list_keys(f"{EXPIRY}/{bucket}/", limit=limit):
+            for key in await self._store.list_keys(f"{EXPIRY}/{bucket}/", limit=limit):
                 name = key.rsplit("/", 1)[1]
                 epoch_s, tenant, inv = name.split(_SEP, 2)
                 if int(epoch_s) <= epoch_now:
@@ -217,10 +236,74 @@ class InvocationStore:
         """Delete an expired invocation with everything it owns, marker last (so a crash
         halfway leaves the marker, and the next sweep finishes the job)."""
         try:
-            extra = orjson.loads(await self.store.get(entry.marker)).get("keys", [])
+            extra = orjson.loads(await self._store.get(entry.marker)).get("keys", [])
         except (ObjectNotFound, orjson.JSONDecodeError):
             extra = []
-        count = await self.store.delete_prefix(self.prefix(entry.tenant, entry.invocation_id))
-        await self.store.delete_keys([*extra, f"{PENDING}/{entry.tenant}/{entry.invocation_id}"])
-        await self.store.delete_keys([entry.marker])
+        count = await self._store.delete_prefix(self.prefix(entry.tenant, entry.invocation_id))
+        await self._store.delete_keys([*extra, f"{PENDING}/{entry.tenant}/{entry.invocation_id}"])
+        await self._store.delete_keys([entry.marker])
         return count + len(extra)
+
+    # -- outputs ------------------------------------------------------------------------
+
+    async def put_artifact_file(self, record: InvocationRecord, name: str, path: Path,
+                                sha256: str) -> None:
+        await self._store.put_file(self.artifact_key(record.tenant, record.id, name), path,
+                                   expires_at=record.expires_at, sha256=sha256)
+
+    async def presign_artifact_put(self, tenant: str, invocation_id: str, name: str, *,
+                                   expires_s: int) -> str | None:
+        return await self._store.presign_put(self.artifact_key(tenant, invocation_id, name),
+                                             expires_s=expires_s)
+
+    async def presign_report_put(self, record: InvocationRecord, *, expires_s: int
+                                 ) -> str | None:
+        return await self._store.presign_put(self.key(record.tenant, record.id, REPORT),
+                                             expires_s=expires_s, content_type=JSON)
+
+    async def worker_report(self, record: InvocationRecord) -> bytes | None:
+        """The report a worker uploaded itself, None if there is none."""
+        try:
+            return await self._store.get(self.key(record.tenant, record.id, REPORT))
+        except ObjectNotFound:
+            return None
+
+    async def drop_worker_report(self, record: InvocationRecord) -> None:
+        await self._store.delete_keys([self.key(record.tenant, record.id, REPORT)])
+
+    async def artifact_url(self, tenant: str, invocation_id: str, name: str, *,
+                           expires_s: int) -> str | None:
+        """A URL a client can GET the artifact from, or None: then it is streamed."""
+        return await self._store.presign_get(self.artifact_key(tenant, invocation_id, name),
+                                             expires_s=expires_s,
+                                             filename=name.rsplit("/", 1)[-1])
+
+    def artifact_stream(self, tenant: str, invocation_id: str, name: str
+                        ) -> AsyncIterator[bytes]:
+        return self._store.stream(self.artifact_key(tenant, invocation_id, name))
+
+    # -- callback marks -----------------------------------------------------------------
+
+    async def mark_callback(self, record: InvocationRecord, secret: str | None) -> None:
+        await self._store.put(f"{CALLBACKS}/{record.tenant}/{record.id}",
+                              orjson.dumps({"secret": secret, "owner": record.replica}),
+                              expires_at=record.expires_at)
+
+    async def callback_marks(self) -> list[tuple[str, str]]:
+        """(tenant, invocation id) of every callback not yet delivered."""
+        keys = await self._store.list_keys(f"{CALLBACKS}/", limit=100_000)
+        out = []
+        for key in keys:
+            _, tenant, inv = key.split("/", 2)
+            out.append((tenant, inv))
+        return out
+
+    async def callback_mark(self, tenant: str, invocation_id: str) -> CallbackMark | None:
+        try:
+            raw = orjson.loads(await self._store.get(f"{CALLBACKS}/{tenant}/{invocation_id}"))
+        except (ObjectNotFound, orjson.JSONDecodeError):
+            return None
+        return CallbackMark(str(raw.get("owner") or ""), raw.get("secret"))
+
+    async def unmark_callback(self, tenant: str, invocation_id: str) -> None:
+        await self._store.delete_keys([f"{CALLBACKS}/{tenant}/{invocation_id}"])

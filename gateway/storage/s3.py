@@ -97,6 +97,7 @@ def _hash_file(path: Path) -> str:
 
 class S3Store(ObjectStore):
     name = "s3"
+    presigns = True
 
     def __init__(self, settings: Settings, *, session: aioboto3.Session | None = None):
         self.settings = settings

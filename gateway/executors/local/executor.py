@@ -211,7 +211,8 @@ class LocalExecutor(Executor):
         return await self._pools[profile.name].acquire()
 
     async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
-        assignment.keep_workspace = True
+        # The worker keeps its workspace when the gateway stores outputs from it
+        # (assignment.keep_workspace, set by gateway.dispatch.outputs).
         return await self._client.run(worker, assignment)
 
     async def cancel(self, worker: Worker) -> None:

@@ -1,0 +1,95 @@
+"""Admission of one invocation: validate against its profile (the plan) -> idempotency ->
+room (the executor's queue) -> persist the request and the record (durable from here,
+before any 202) -> hand it to the lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from gateway.callbacks.ssrf import CallbackPolicy
+from gateway.dispatch.keyed_locks import KeyedLocks
+from gateway.dispatch.lifecycle import Lifecycle
+from gateway.dispatch.live import LiveInvocation, LiveTable
+from gateway.dispatch.parts import Parts
+from gateway.dispatch.plan import Plan, make_plan
+from gateway.errors import IdempotencyConflict, InvalidInput, ShuttingDown, StorageUnavailable
+from gateway.ids import new_invocation_id, new_token
+from gateway.models import CallbackState, InvocationCreate, InvocationRecord
+
+
+@dataclass(frozen=True)
+class InvocationRequest:
+    """One call to invoke, whatever the front door: who asks, what (parsed, and the raw
+    body the idempotency check compares), and the Idempotency-Key if any."""
+
+    tenant: str
+    body: InvocationCreate
+    raw: bytes
+    idempotency_key: str | None = None
+
+
+class Admission:
+    def __init__(self, parts: Parts, policy: CallbackPolicy, lifecycle: Lifecycle,
+                 live: LiveTable):
+        self.parts = parts
+        self.policy = policy
+        self.lifecycle = lifecycle
+        self.live = live
+        self.idem_locks = KeyedLocks()
+        self.accepting = True
+
+    async def admit(self, request: InvocationRequest
+                    ) -> tuple[InvocationRecord, LiveInvocation | None]:
+        """Validate, admit, persist, start. Returns the record and, when it runs in this
+        replica, the live handle to wait on (None: an earlier request with the same
+        Idempotency-Key, not running here)."""
+        if not self.accepting:
+            raise ShuttingDown("the gateway is shutting down", retry_after=1)
+        req, tenant, key = request.body, request.tenant, request.idempotency_key
+        plan = make_plan(req, self.parts.profiles.get(req.profile), self.parts.settings)
+        if req.callback is not None:
+            await self.policy.resolve(req.callback.url)
+        if key is None:
+            return await self._persist_and_start(request, plan, None)
+        if len(key) > 255 or not key.isprintable():
+            raise InvalidInput("Idempotency-Key must be at most 255 printable characters")
+        records = self.parts.records
+        key_hash = records.hash_idempotency_key(key)
+        body_hash = hashlib.sha256(request.raw).hexdigest()
+        # Same-key submissions to this replica take turns: the second finds the first's
+        # entry instead of starting a second invocation.
+        async with self.idem_locks.hold(f"{tenant}/{key_hash}"):
+            entry = await records.idempotency(tenant, key_hash)
+            if entry is None:
+                return await self._persist_and_start(request, plan, (key_hash, body_hash))
+            if entry.body_sha256 != body_hash:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request",
+                    {"invocation_id": entry.invocation_id})
+            live = self.live.get(entry.invocation_id)
+            if live is not None and live.record.tenant == tenant:
+                return live.record.model_copy(deep=True), live
+            return await records.load(tenant, entry.invocation_id), live
+
+    async def _persist_and_start(self, request: InvocationRequest, plan: Plan,
+                                 idempotency: tuple[str, str] | None
+                                 ) -> tuple[InvocationRecord, LiveInvocation]:
+        req = request.body
+        self.parts.executor.check_room(plan.profile)
+        now = datetime.now(UTC)
+        record = InvocationRecord(
+            id=new_invocation_id(), tenant=request.tenant, profile=plan.profile.name,
+            mode=req.mode, created_at=now, expires_at=now + timedelta(seconds=plan.ttl_s),
+            replica=self.parts.membership.identity, max_attempts=plan.max_attempts,
+            callback=None if req.callback is None else CallbackState(
+                url=req.callback.url, delivery_id=f"dlv_{new_token(12)}"),
+        )
+        try:
+            await self.parts.records.create(record, request.raw, idempotency)
+        except StorageUnavailable:
+            self.parts.metrics.rejected.labels("StorageUnavailable").inc()
+            raise
+        self.parts.metrics.accepted.labels(record.profile, record.mode).inc()
+        return record, self.lifecycle.start(record, plan, req)

@@ -1,0 +1,230 @@
+"""The run of one accepted invocation, top to bottom: claim a worker (warm, or queue for a
+cold one) -> send the assignment -> apply the report -> store outputs and the final record
+-> release the worker -> answer (the waiting caller) -> callback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+from gateway.callbacks.delivery import CallbackDeliverer
+from gateway.dispatch.live import LiveInvocation, LiveTable
+from gateway.dispatch.outputs import Outputs
+from gateway.dispatch.parts import Parts
+from gateway.dispatch.plan import Plan, make_assignment
+from gateway.dispatch.results import apply_report, fail, with_storage_retries
+from gateway.dispatch.retries import Reruns
+from gateway.errors import (
+    AlreadyFinished,
+    JobgateError,
+    StorageUnavailable,
+    WorkerFailure,
+    WorkerLost,
+)
+from gateway.executors.base import Worker
+from gateway.executors.runner_client import WorkerUnreachable
+from gateway.models import InvocationCreate, InvocationRecord, Reason, Status, WorkerReport
+
+log = logging.getLogger("jobgate.dispatch")
+UNREACHABLE_RETRIES = 3
+
+
+class Lifecycle:
+    def __init__(self, parts: Parts, outputs: Outputs, reruns: Reruns,
+                 deliverer: CallbackDeliverer, live: LiveTable):
+        self.parts = parts
+        self.outputs = outputs
+        self.reruns = reruns
+        self.deliverer = deliverer
+        self.live = live
+
+    def start(self, record: InvocationRecord, plan: Plan, req: InvocationCreate
+              ) -> LiveInvocation:
+        live = LiveInvocation(record=record, plan=plan, request=req,
+                              accepted_at=time.monotonic(),
+                              done=asyncio.get_running_loop().create_future())
+        self.live.add(live)
+        live.task = asyncio.create_task(self._run(live), name=f"invocation:{record.id}")
+        return live
+
+    async def _run(self, live: LiveInvocation) -> None:
+        record = live.record
+        report: WorkerReport | None = None
+        try:
+            report = await self._run_attempts(live)
+            self.apply(live, report)
+            await with_storage_retries(record, lambda: self.outputs.store(record, report),
+                                       self.parts.settings.storage_retry_budget_s)
+        except asyncio.CancelledError:
+            if live.abandoned:
+                self.live.remove(record.id)
+                raise
+            # Cancelled while queued (no worker yet), or the gateway is stopping.
+            if live.cancel_requested:
+                fail(record, Reason.Cancelled, "the invocation was cancelled")
+            else:
+                fail(record, Reason.WorkerLost, "the gateway shut down during the run")
+        except WorkerLost as e:
+            if live.cancel_requested:
+                fail(record, Reason.Cancelled, "the invocation was cancelled")
+            else:
+                fail(record, e.reason, str(e))
+        except WorkerFailure as e:
+            fail(record, e.reason, str(e))
+        except StorageUnavailable as e:  # reading a report the worker stored
+            fail(record, Reason.StorageUnavailable, e.message)
+        except Exception as e:  # a bug of ours: the invocation ends recorded all the same
+            log.exception("invocation %s: an internal error of the gateway ended it",
+                          record.id)
+            fail(record, Reason.InternalError,
+                 f"the gateway failed while running the invocation ({type(e).__name__}); "
+                 "this is a bug in the gateway, and its log has the details")
+        finally:
+            if not live.abandoned:
+                await self.finish(live, live.worker, report)
+
+    async def _run_attempts(self, live: LiveInvocation) -> WorkerReport:
+        """Attempt after attempt, while workers are lost through no fault of the code and
+        attempts remain (``max_attempts``); any other loss ends the invocation."""
+        while True:
+            try:
+                return await self._claim_and_run(live)
+            except WorkerLost as lost:
+                if not self.reruns.may_run_again(live, lost):
+                    raise
+                worker, live.worker = live.worker, None
+                if worker is not None:
+                    await self.parts.executor.release(worker, None)
+                report = await self.reruns.prepare(live, lost)
+                if report is not None:
+                    return report
+                with contextlib.suppress(JobgateError, OSError):
+                    await self.parts.records.save(live.record)
+
+    async def _claim_and_run(self, live: LiveInvocation) -> WorkerReport:
+        record, plan = live.record, live.plan
+        settings, executor, metrics = self.parts.settings, self.parts.executor, self.parts.metrics
+        number = len(record.attempt_history) + 1  # of this attempt (a retry: 2 and up)
+        assignment = make_assignment(plan, live.request, record.id, settings, number)
+        await self.outputs.prepare(assignment, record, plan)
+        for attempt in range(UNREACHABLE_RETRIES):
+            worker = await executor.acquire(plan.profile, record.id)
+            live.worker = worker
+            claimed = time.monotonic()
+            if attempt == 0:
+                record.timings.queued_ms = round((claimed - live.accepted_at) * 1000, 3)
+                metrics.phase.labels(record.profile, "queue").observe(
+                    claimed - live.accepted_at)
+            metrics.starts.labels(record.profile, "warm" if worker.warm else "cold").inc()
+            record.status, record.started_at = Status.running, datetime.now(UTC)
+            record.warm, record.worker = worker.warm, worker.id
+            record.attempts = number
+            self._save_in_background(live)
+            try:
+                report = await executor.run(worker, assignment)
+            except WorkerUnreachable as e:
+                # The code never started: another worker may take it.
+                log.warning("invocation %s: %s; trying another worker", record.id, e)
+                await executor.release(worker, None)
+                live.worker = None
+                if live.cancel_requested or attempt == UNREACHABLE_RETRIES - 1:
+                    raise
+                continue
+            except WorkerLost:
+                # The answer was lost, but the worker may have stored its report first.
+                stored = None
+                if assignment.uploads is not None and not live.cancel_requested:
+                    stored = await self.reruns.stored_outcome(record)
+                if stored is None:
+                    raise
+                report = stored
+            prepare = report.timings.get("prepare_ms", 0.0)
+            run_ms = report.timings.get("run_ms")
+            record.timings.start_ms = round((time.monotonic() - claimed) * 1000
+                                            - (run_ms or 0.0), 3) if run_ms else prepare
+            record.timings.run_ms = run_ms
+            metrics.phase.labels(record.profile, "start").observe(
+                (record.timings.start_ms or 0) / 1000)
+            if run_ms is not None:
+                metrics.phase.labels(record.profile, "run").observe(run_ms / 1000)
+            return report
+        raise WorkerLost("no worker could be reached")
+
+    def apply(self, live: LiveInvocation, report: WorkerReport) -> None:
+        apply_report(live.record, report, timeout_s=live.plan.timeout_s,
+                     cancel_requested=live.cancel_requested,
+                     outputs_lost=self.outputs.lost(report))
+
+    def _save_in_background(self, live: LiveInvocation) -> None:
+        """The 'running' state is worth recording, not worth waiting for."""
+        snapshot = live.record.model_copy(deep=True)
+
+        async def save() -> None:
+            with contextlib.suppress(JobgateError, OSError):
+                await self.parts.records.save(snapshot)
+
+        live.pending_writes.append(asyncio.create_task(save()))
+
+    async def finish(self, live: LiveInvocation, worker: Worker | None,
+                     report: WorkerReport | None) -> None:
+        """Store the final record, release the worker, answer the waiter, queue the
+        callback."""
+        record, records, metrics = live.record, self.parts.records, self.parts.metrics
+        record.finished_at = datetime.now(UTC)
+        total = time.monotonic() - live.accepted_at
+        record.timings.total_ms = round(total * 1000, 3)
+        if live.pending_writes:
+            await asyncio.gather(*live.pending_writes, return_exceptions=True)
+        try:
+            await with_storage_retries(record, lambda: records.finish(record),
+                                       self.parts.settings.storage_retry_budget_s,
+                                       until_stored=True)
+        except Exception:  # the pending marker stays: recovery retries it
+            log.exception("invocation %s: storing the result failed", record.id)
+        if worker is not None:
+            try:
+                await self.parts.executor.release(worker, report)
+            except Exception:
+                log.exception("invocation %s: releasing worker %s failed", record.id, worker.id)
+        metrics.phase.labels(record.profile, "total").observe(total)
+        metrics.invocations.labels(record.profile, record.status.value, record.mode).inc()
+        if record.callback is not None:
+            secret = live.request.callback.secret if live.request.callback else None
+            try:
+                await self.deliverer.enqueue(record, secret)
+            except Exception:
+                log.exception("invocation %s: the callback could not be queued", record.id)
+        self.live.remove(record.id)
+        if not live.done.done():
+            live.done.set_result(record)
+
+    async def wait(self, live: LiveInvocation, timeout_s: float) -> InvocationRecord | None:
+        """The record once the run ends, None if it has not within ``timeout_s``."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(live.done), timeout_s)
+        except TimeoutError:
+            return None
+
+    async def cancel(self, tenant: str, invocation_id: str) -> InvocationRecord:
+        live = self.live.get(invocation_id, tenant)
+        if live is None:
+            record = await self.parts.records.load(tenant, invocation_id)
+            if record.status.terminal:
+                raise AlreadyFinished(f"invocation {invocation_id} already ended as "
+                                      f"{record.status.value}", {"status": record.status.value})
+            # Accepted by a replica that is gone, not yet recovered: record the cancel.
+            fail(record, Reason.Cancelled, "the invocation was cancelled")
+            record.finished_at = datetime.now(UTC)
+            await self.parts.records.finish(record)
+            return record
+        live.cancel_requested = True
+        if live.worker is not None:
+            await self.parts.executor.cancel(live.worker)
+        elif live.task is not None:
+            live.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.done), 10)
+        return live.record.model_copy(deep=True)
