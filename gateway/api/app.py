@@ -22,15 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.api.errors import HANDLERS
 from gateway.api.openapi import build_openapi
 from gateway.api.routes import ROUTES
+from gateway.auth.authenticator import Authenticator
 from gateway.auth.keys import KeyRing
-from gateway.auth.middleware import Authenticator
 from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import ProfileCatalog, load_profiles
 from gateway.config.settings import Settings
 from gateway.dispatch.invoke import Dispatcher, build_dispatcher
-from gateway.dispatch.janitor import Janitor
 from gateway.dispatch.parts import Parts
 from gateway.executors import make_executor
 from gateway.executors.base import Executor
@@ -39,6 +38,7 @@ from gateway.membership.base import Membership
 from gateway.metrics.registry import Metrics
 from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
+from gateway.storage.janitor import Janitor
 from gateway.storage.records import InvocationStore
 
 log = logging.getLogger("jobgate")

@@ -315,7 +315,7 @@ async def metrics(request: Request) -> Response:
     app = _app(request)
     calls: dict[str, int] = {}
     for part in (app.executor, app.membership):
-        for verb, count in getattr(part, "api_calls", {}).items():
+        for verb, count in part.api_calls.items():
             calls[verb] = calls.get(verb, 0) + count
     for verb, count in calls.items():
         app.metrics.k8s_api_calls.labels(verb).set(count)

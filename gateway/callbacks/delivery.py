@@ -33,7 +33,6 @@ EVENT = "invocation.completed"
 # Statuses worth another attempt; any other 4xx means the receiver will never accept it.
 RETRYABLE = {408, 409, 425, 429}
 
-SecretLookup = Callable[[InvocationRecord], "asyncio.Future[str] | str"]
 # Of the owners named on unfinished deliveries, those whose deliveries to resume here.
 OwnerChoice = Callable[[set[str]], Awaitable[set[str]]]
 

@@ -63,6 +63,11 @@ class Executor(ABC):
     @abstractmethod
     def pools(self) -> list[PoolState]: ...
 
+    @property
+    def api_calls(self) -> dict[str, int]:
+        """Calls this made to a control plane, by verb (observability; none by default)."""
+        return {}
+
     async def adopt(self, invocation_id: str, timeout_s: float) -> bool | None:
         """A worker still running an invocation whose gateway is gone: wait until it ends
         (True; its report, if it made one, is in the store), or None when there is no

@@ -28,6 +28,11 @@ class Membership(ABC):
         """Whether this replica runs the duties done once for all replicas: pool control
         and taking over the unfinished work of replicas that are gone."""
 
+    @property
+    def api_calls(self) -> dict[str, int]:
+        """Calls this made to a control plane, by verb (observability; none by default)."""
+        return {}
+
     @abstractmethod
     async def live_replicas(self) -> set[str]:
         """The replicas this one can see alive now, itself included."""
