@@ -24,7 +24,6 @@ import logging
 import math
 import random
 import time
-from datetime import datetime
 from typing import Any
 
 from gateway.config.profiles import Profile, ProfileCatalog
@@ -51,13 +50,14 @@ from gateway.executors.kubernetes.spec import (
 from gateway.executors.pool import DemandSizer, RateLimiter
 from gateway.executors.runner_client import RunnerClient
 from gateway.ids import new_token
-from gateway.kube.api import Conflict, KubeApi, Missing, load_api_client
+from gateway.kube.api import connect
+from gateway.kube.base import Conflict, KubeApi, Missing
 from gateway.kube.names import dns_name, label_value
+from gateway.kube.objects import Obj, created_at
 from gateway.membership.base import Membership
 from gateway.models import Assignment, PoolState, Reason, WorkerReport
 
 log = logging.getLogger("jobgate.k8s")
-Obj = dict[str, Any]
 # How a watched worker ended without a report: reason, message, and whether it was no
 # fault of the code (a retry may follow).
 Failure = tuple[Reason, str, bool]
@@ -85,8 +85,8 @@ def _job_of(pod: Obj) -> str | None:
 
 
 def _created(pod: Obj) -> float:
-    ts = pod["metadata"].get("creationTimestamp")
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else time.time()
+    created = created_at(pod)
+    return time.time() if created is None else created
 
 
 def _token(pod: Obj) -> str | None:
@@ -143,11 +143,7 @@ class KubernetesExecutor(Executor):
     async def start(self) -> None:
         from gateway.executors.kubernetes.tracker import PodTracker
 
-        try:
-            self.api = KubeApi(await load_api_client(self.settings.k8s_kubeconfig),
-                               self.settings.k8s_namespace)
-        except Exception as e:
-            raise ExecutorUnavailable(f"cannot configure the Kubernetes client: {e}") from e
+        self.api = await connect(self.settings.k8s_kubeconfig, self.settings.k8s_namespace)
         if self.settings.k8s_manage_network_policy:
             for policy in network_policies(self.settings):
                 await self.api.apply_network_policy(policy)

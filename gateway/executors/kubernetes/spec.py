@@ -5,13 +5,11 @@ warm worker of a profile can take any call of that profile."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.config.profiles import Profile
 from gateway.config.settings import Settings
 from gateway.kube.names import COMPONENT, MANAGED_BY, label_value
+from gateway.kube.objects import Obj
 
-Obj = dict[str, Any]
 PROFILE = "jobgate.io/profile"
 STATE = "jobgate.io/state"
 INVOCATION = "jobgate.io/invocation"

@@ -8,12 +8,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
 
-from gateway.kube.api import Gone, KubeApi
+from gateway.kube.base import Gone, KubeApi
+from gateway.kube.objects import Obj
 
 log = logging.getLogger("jobgate.k8s.tracker")
-Obj = dict[str, Any]
 Listener = Callable[[str, Obj, Obj | None], None]  # (event type, pod, previous pod)
 WATCH_TIMEOUT_S = 240
 
