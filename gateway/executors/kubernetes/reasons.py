@@ -32,14 +32,6 @@ def _age_s(pod: Obj) -> float:
     return 0.0 if created is None else time.time() - created
 
 
-def is_ready(pod: Obj) -> bool:
-    status = pod.get("status", {})
-    if status.get("phase") != "Running" or not status.get("podIP"):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in status.get("conditions") or [])
-
-
 def start_failure(pod: Obj, *, pull_grace_s: float, unschedulable_after_s: float
                   ) -> PodFailure | None:
     """A pod that will not start, or None while it still may."""
