@@ -1,6 +1,7 @@
-"""A thin layer over kubernetes-asyncio: only the calls jobgate makes, objects as plain dicts
-(parsed with orjson — deserializing every pod of a watch stream into models would cost more
-than the warm path itself), errors as types, and every call counted by verb."""
+"""The real ``KubeApi`` (``gateway.kube.base``): a thin layer over kubernetes-asyncio, only
+the calls jobgate makes, objects as plain dicts (parsed with orjson — deserializing every
+pod of a watch stream into models would cost more than the warm path itself), errors as
+types, and every call counted by verb."""
 
 from __future__ import annotations
 
@@ -14,21 +15,10 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.errors import ExecutorUnavailable
+from gateway.kube.base import Conflict, Gone, Missing, WatchEvent
+from gateway.kube.objects import Obj
 
-Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
-
-
-class Conflict(Exception):
-    """409: a precondition (resourceVersion) failed, or the object exists."""
-
-
-class Gone(Exception):
-    """410: the watch's resourceVersion is too old; list again."""
-
-
-class Missing(Exception):
-    """404."""
 
 
 def _raise_for_status(status: int, data: bytes) -> None:
@@ -65,7 +55,15 @@ async def load_api_client(kubeconfig: str) -> client.ApiClient:
     return client.ApiClient(configuration=cfg)
 
 
-class KubeApi:
+async def connect(kubeconfig: str, namespace: str) -> KubeClient:
+    """The client of ``namespace``, configured as ``load_api_client`` finds it."""
+    try:
+        return KubeClient(await load_api_client(kubeconfig), namespace)
+    except Exception as e:
+        raise ExecutorUnavailable(f"cannot configure the Kubernetes client: {e}") from e
+
+
+class KubeClient:
     def __init__(self, api: client.ApiClient, namespace: str):
         self.api = api
         self.namespace = namespace
@@ -80,11 +78,6 @@ class KubeApi:
 
     def _count(self, verb: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
-
-    @property
-    def writes(self) -> int:
-        return sum(n for verb, n in self.calls.items() if verb.split(" ")[0] in
-                   ("create", "patch", "delete", "replace"))
 
     async def _call(self, verb: str, fn: Any, *args: Any, **kwargs: Any) -> Obj:
         self._count(verb)
@@ -107,7 +100,7 @@ class KubeApi:
                                 label_selector=selector)
 
     async def watch_pods(self, selector: str, resource_version: str,
-                         timeout_s: int) -> AsyncIterator[Obj]:
+                         timeout_s: int) -> AsyncIterator[WatchEvent]:
         """Watch events (dicts with ``type`` and ``object``) from ``resource_version``;
         raises Gone when it is too old. Ends after ``timeout_s`` (the server closes)."""
         self._count("watch pods")
@@ -127,7 +120,7 @@ class KubeApi:
             _raise_for_status(resp.status, data)
         try:
             while line := await resp.content.readline():
-                event: Obj = orjson.loads(line)
+                event: WatchEvent = orjson.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object", {})
                     if status.get("code") == 410:

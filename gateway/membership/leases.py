@@ -13,17 +13,16 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from gateway.config.settings import Settings
-from gateway.errors import ExecutorUnavailable
 from gateway.ids import new_token
-from gateway.kube.api import Conflict, KubeApi, Missing, load_api_client
+from gateway.kube.api import connect
+from gateway.kube.base import Conflict, KubeApi, Missing
 from gateway.kube.names import COMPONENT, MANAGED_BY, dns_name
+from gateway.kube.objects import Obj, parse_time
 from gateway.membership.base import Membership
 
 log = logging.getLogger("jobgate.membership.leases")
-Obj = dict[str, Any]
 REPLICA_SELECTOR = f"{MANAGED_BY}=jobgate,{COMPONENT}=replica"
 
 
@@ -35,15 +34,9 @@ def _micro(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def lease_expired(lease: Obj, now: datetime | None = None) -> bool:
     spec = lease.get("spec", {})
-    renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
     if not spec.get("holderIdentity") or renewed is None:
         return True
     duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
@@ -64,7 +57,6 @@ class LeaderElector:
         self.duration_s = duration_s
         self.is_leader = False
         self._task: asyncio.Task[None] | None = None
-        self.changed = asyncio.Event()
 
     def _lease(self, transitions: int, acquired: datetime, resource_version: str | None = None,
                holder: str | None = None) -> Obj:
@@ -92,7 +84,7 @@ class LeaderElector:
         transitions = int(spec.get("leaseTransitions") or 0)
         try:
             if spec.get("holderIdentity") == self.identity:
-                acquired = _parse(spec.get("acquireTime")) or _now()
+                acquired = parse_time(spec.get("acquireTime")) or _now()
                 await self.api.replace_lease(self.name, self._lease(transitions, acquired, rv))
                 return True
             if lease_expired(lease):
@@ -118,7 +110,6 @@ class LeaderElector:
                 self.is_leader = leading
                 log.info("this replica %s the holder of lease %s",
                          "is now" if leading else "is no longer", self.name)
-                self.changed.set()
             await asyncio.sleep(self.duration_s / 3)
 
     def start(self) -> None:
@@ -164,19 +155,19 @@ class ReplicaHeartbeat:
 class LeaseMembership(Membership):
     name = "leases"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, api: KubeApi | None = None):
+        """``api``: the Kubernetes API to use (a fake, in tests); by default a client
+        configured from the settings at start, and closed at stop."""
         self.settings = settings
         self.identity = settings.replica_id or f"{os.uname().nodename}-{new_token(4)}"
+        self._given_api = api
         self.api: KubeApi | None = None
         self.leader: LeaderElector | None = None
         self.heartbeat: ReplicaHeartbeat | None = None
 
     async def start(self) -> None:
-        try:
-            self.api = KubeApi(await load_api_client(self.settings.k8s_kubeconfig),
-                               self.settings.k8s_namespace)
-        except Exception as e:
-            raise ExecutorUnavailable(f"cannot configure the Kubernetes client: {e}") from e
+        self.api = self._given_api or await connect(self.settings.k8s_kubeconfig,
+                                                    self.settings.k8s_namespace)
         duration = self.settings.k8s_lease_duration_s
         self.heartbeat = ReplicaHeartbeat(self.api, self.identity, duration)
         self.leader = LeaderElector(self.api, self.settings.k8s_leader_lease, self.identity,
@@ -196,7 +187,7 @@ class LeaseMembership(Membership):
             await self.leader.stop()
         if self.heartbeat is not None:
             await self.heartbeat.stop()
-        if self.api is not None:
+        if self.api is not None and self._given_api is None:
             await self.api.close()
 
     @property

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
+from gateway.kube.objects import Obj, created_at
 from gateway.models import Reason
 
-Obj = dict[str, Any]
 PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 
@@ -30,18 +28,8 @@ def _container_status(pod: Obj) -> Obj:
 
 
 def _age_s(pod: Obj) -> float:
-    created = pod.get("metadata", {}).get("creationTimestamp")
-    if not created:
-        return 0.0
-    return time.time() - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
-
-
-def is_ready(pod: Obj) -> bool:
-    status = pod.get("status", {})
-    if status.get("phase") != "Running" or not status.get("podIP"):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in status.get("conditions") or [])
+    created = created_at(pod)
+    return 0.0 if created is None else time.time() - created
 
 
 def start_failure(pod: Obj, *, pull_grace_s: float, unschedulable_after_s: float

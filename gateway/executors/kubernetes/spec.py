@@ -5,13 +5,13 @@ warm worker of a profile can take any call of that profile."""
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
 
 from gateway.config.profiles import Profile
 from gateway.config.settings import Settings
 from gateway.kube.names import COMPONENT, MANAGED_BY, label_value
+from gateway.kube.objects import Obj
 
-Obj = dict[str, Any]
 PROFILE = "jobgate.io/profile"
 STATE = "jobgate.io/state"
 INVOCATION = "jobgate.io/invocation"
@@ -25,9 +25,17 @@ WORKERS_SELECTOR = f"{MANAGED_BY}=jobgate,{COMPONENT}=worker"
 DEADLINE_SLACK_S = 120
 
 
+class WorkerState(StrEnum):
+    """A worker pod's ``jobgate.io/state`` label: the lock a claim takes."""
+
+    IDLE = "idle"  # in the pool (ready or still starting)
+    CLAIMED = "claimed"  # taken by one call (``claimed-by`` names the replica)
+    RETIRING = "retiring"  # taken by the pool controller, to be deleted
+
+
 def worker_labels(profile: Profile) -> dict[str, str]:
     labels = {MANAGED_BY: "jobgate", COMPONENT: "worker", PROFILE: label_value(profile.name),
-              STATE: "idle"}
+              STATE: WorkerState.IDLE.value}
     if profile.network:
         labels[NETWORK] = "allowed"
     return labels

@@ -1,84 +1,115 @@
 """Worker pods as this replica sees them: one list, then a watch from its resourceVersion,
 resumed after each stream ends, listed again on 410 Gone, with backoff on errors. Never a
-polling loop. Every change is handed to a listener as it arrives."""
+polling loop. Every change is handed to the listeners as it arrives."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
-from gateway.kube.api import Gone, KubeApi
+from gateway.executors.kubernetes.pods import Pod
+from gateway.kube.base import Gone, KubeApi
 
 log = logging.getLogger("jobgate.k8s.tracker")
-Obj = dict[str, Any]
-Listener = Callable[[str, Obj, Obj | None], None]  # (event type, pod, previous pod)
 WATCH_TIMEOUT_S = 240
 
 
+class Change(StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    """A pod as it is now (as it was last, when deleted), and as it was before."""
+
+    change: Change
+    pod: Pod
+    previous: Pod | None
+
+
+Listener = Callable[[PodEvent], None]
+
+
 class PodTracker:
-    def __init__(self, api: KubeApi, selector: str, listener: Listener):
-        self.api = api
+    def __init__(self, selector: str):
         self.selector = selector
-        self.listener = listener
-        self.pods: dict[str, Obj] = {}
+        self._pods: dict[str, Pod] = {}
+        self._listeners: list[Listener] = []
         self.synced = asyncio.Event()
         self.healthy = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="k8s:pod-tracker")
+    @property
+    def pods(self) -> Mapping[str, Pod]:
+        """Every pod the watch shows, by name."""
+        return self._pods
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` with every change, in the order listeners were added."""
+        self._listeners.append(listener)
+
+    def saw(self, pod: Pod) -> None:
+        """A newer version of a pod than the watch has shown yet (a write's answer)."""
+        self._pods[pod.name] = pod
+
+    def start(self, api: KubeApi) -> None:
+        self._task = asyncio.create_task(self._run(api), name="k8s:pod-tracker")
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def _emit(self, kind: str, pod: Obj, previous: Obj | None) -> None:
-        try:
-            self.listener(kind, pod, previous)
-        except Exception:  # one bad event must not stop the watch
-            log.exception("pod listener failed on %s %s", kind,
-                          pod.get("metadata", {}).get("name"))
+    def _emit(self, event: PodEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # one bad event must not stop the watch
+                log.exception("pod listener failed on %s %s", event.change, event.pod.name)
 
-    async def _relist(self) -> str:
-        listing = await self.api.list_pods(self.selector)
-        fresh = {p["metadata"]["name"]: p for p in listing.get("items", [])}
-        for name, old in list(self.pods.items()):
+    async def _relist(self, api: KubeApi) -> str:
+        listing = await api.list_pods(self.selector)
+        fresh = {pod.name: pod for pod in map(Pod, listing.get("items", []))}
+        for name, old in list(self._pods.items()):
             if name not in fresh:
-                self._emit("DELETED", old, old)
-        previous = self.pods
-        self.pods = fresh
+                self._emit(PodEvent(Change.DELETED, old, old))
+        previous = self._pods
+        self._pods = fresh
         for name, pod in fresh.items():
-            self._emit("MODIFIED" if name in previous else "ADDED", pod, previous.get(name))
+            self._emit(PodEvent(Change.MODIFIED if name in previous else Change.ADDED, pod,
+                                previous.get(name)))
         self.synced.set()
         return str(listing.get("metadata", {}).get("resourceVersion", ""))
 
-    async def _run(self) -> None:
+    async def _run(self, api: KubeApi) -> None:
         resource_version: str | None = None
         backoff = 0.2
         failures = 0
         while True:
             try:
                 if resource_version is None:
-                    resource_version = await self._relist()
+                    resource_version = await self._relist(api)
                 self.healthy = True
-                async for event in self.api.watch_pods(self.selector, resource_version,
-                                                       WATCH_TIMEOUT_S):
-                    kind, pod = event["type"], event["object"]
-                    resource_version = pod["metadata"].get("resourceVersion",
+                async for event in api.watch_pods(self.selector, resource_version,
+                                                  WATCH_TIMEOUT_S):
+                    raw = event["object"]
+                    resource_version = raw["metadata"].get("resourceVersion",
                                                            resource_version)
-                    if kind == "BOOKMARK":
+                    if event["type"] == "BOOKMARK":
                         continue
-                    name = pod["metadata"]["name"]
-                    previous = self.pods.get(name)
-                    if kind == "DELETED":
-                        self.pods.pop(name, None)
+                    change, pod = Change(event["type"]), Pod(raw)
+                    previous = self._pods.get(pod.name)
+                    if change is Change.DELETED:
+                        self._pods.pop(pod.name, None)
                     else:
-                        self.pods[name] = pod
-                    self._emit(kind, pod, previous)
+                        self._pods[pod.name] = pod
+                    self._emit(PodEvent(change, pod, previous))
                 backoff, failures = 0.2, 0
             except asyncio.CancelledError:
                 raise
