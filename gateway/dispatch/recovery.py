@@ -25,6 +25,7 @@ from gateway.errors import (
     WorkerLost,
 )
 from gateway.models import InvocationCreate, InvocationRecord, Reason, Status
+from gateway.supervise import every, forever
 
 log = logging.getLogger("jobgate.dispatch")
 
@@ -154,11 +155,5 @@ class Recovery:
     async def loop(self, interval_s: float) -> None:
         """Keeps taking over the work of replicas that die, while this one leads (Lease
         membership). Never dies: errors are logged and retried."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.recover()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recovery sweep failed")
+        await asyncio.sleep(interval_s)
+        await forever("recovery sweep", self.recover, every(interval_s), log)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from gateway.metrics.registry import Metrics
 from gateway.storage.records import InvocationStore
+from gateway.supervise import every, forever
 
 log = logging.getLogger("jobgate.janitor")
 
@@ -45,11 +46,4 @@ class Janitor:
 
     async def _loop(self) -> None:
         """Never dies: a failed sweep is logged and the next one comes on schedule."""
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("janitor sweep failed; retrying in %.0fs", self.interval_s)
-            await asyncio.sleep(self.interval_s)
+        await forever("janitor sweep", self.sweep, every(self.interval_s), log)

@@ -21,6 +21,7 @@ from gateway.executors.pool import RateLimiter
 from gateway.kube.base import Conflict, KubeApi, Missing
 from gateway.kube.names import label_value
 from gateway.membership.base import Membership
+from gateway.supervise import forever
 
 log = logging.getLogger("jobgate.k8s")
 # Claims by a replica that is gone, on a worker that still answers (never got its
@@ -56,19 +57,20 @@ class PoolController:
         self._kick.set()
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                if self.membership.leads and self.tracker.synced.is_set():
-                    await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the controller outlives any one failure
-                log.exception("pool reconcile failed")
-            self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._kick.wait()
-            await asyncio.sleep(0.05)  # coalesce bursts of watch events
+        await forever("pool reconcile", self._reconcile_if_leading, self._pause, log)
+
+    async def _reconcile_if_leading(self) -> None:
+        if self.membership.leads and self.tracker.synced.is_set():
+            await self.reconcile()
+
+    async def _pause(self) -> None:
+        """Until a watch event kicks (at most a second), then a moment more: a burst of
+        events makes one reconcile."""
+        self._kick.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._kick.wait()
+        await asyncio.sleep(0.05)
 
     async def reconcile(self) -> None:
         """One round over every pool, then the orphaned claims."""
