@@ -112,15 +112,18 @@ async def inprocess_gateway(tmp: Path, executor: Executor) -> AsyncIterator[InPr
 
 
 class FakeMembership(Membership):
-    """A replica that leads when told to, and sees the replicas it is told are alive."""
+    """A replica that leads when told to. Which others are gone: those in ``gone``; or,
+    given ``live``, every replica not in it; or else none (it cannot tell)."""
 
     name = "fake"
 
     def __init__(self, identity: str = "replica-a", *, leads: bool = False,
-                 live: set[str] | None = None):
+                 live: set[str] | None = None, gone: frozenset[str] | None = None):
         self.identity = identity
         self.leading = leads
         self.live = {identity} if live is None else live | {identity}
+        self._gone = gone if gone is not None else (None if live is not None
+                                                     else frozenset())
 
     async def start(self) -> None:
         pass
@@ -136,7 +139,9 @@ class FakeMembership(Membership):
         return set(self.live)
 
     async def gone(self, replicas: set[str]) -> set[str]:
-        return replicas - self.live
+        if self._gone is None:
+            return replicas - self.live
+        return replicas & self._gone
 
 
 def _timestamp(epoch_s: float) -> str:

@@ -37,35 +37,13 @@ from gateway.models import (
 )
 from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
+from tests.fakes import FakeMembership
 
 TENANT = "tenant-a"
 DONE = WorkerReport(protocol=1, reason=None, exit_code=0, workspace_base=None,
                     stdout="done\n", stdout_bytes=5)
 
 
-class FakeMembership(Membership):
-    name = "fake"
-
-    def __init__(self, identity: str, *, leads: bool = False, gone: frozenset[str] = frozenset()):
-        self.identity = identity
-        self._leads = leads
-        self._gone = gone
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    @property
-    def leads(self) -> bool:
-        return self._leads
-
-    async def live_replicas(self) -> set[str]:
-        return {self.identity}
-
-    async def gone(self, replicas: set[str]) -> set[str]:
-        return replicas & self._gone
 
 
 class FakeExecutor(Executor):
