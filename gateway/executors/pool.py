@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from gateway.errors import QueueFull, WorkerStartFailed
 from gateway.executors.base import Worker
 from gateway.models import PoolState
+from gateway.supervise import TaskSet
 
 log = logging.getLogger("jobgate.pool")
 
@@ -132,7 +133,8 @@ class WarmPool:
         self._busy = 0
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._spawns: set[asyncio.Task[None]] = set()
+        # Worker starts and discards under way.
+        self._tasks = TaskSet(f"pool {profile}", log)
         self._failures = 0
         self._last_error: str | None = None
         self.warm_starts = 0
@@ -221,9 +223,7 @@ class WarmPool:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._spawns):
-            task.cancel()
-        await asyncio.gather(*self._spawns, return_exceptions=True)
+        await self._tasks.cancel_all()
         for fut in self._waiters:
             if not fut.done():
                 fut.set_exception(WorkerStartFailed("the gateway is shutting down"))
@@ -270,9 +270,7 @@ class WarmPool:
         started = 0
         while started < to_start and self._limiter.try_take():
             self._starting += 1
-            task = asyncio.create_task(self._spawn_one(), name=f"spawn:{self.profile}")
-            self._spawns.add(task)
-            task.add_done_callback(self._spawns.discard)
+            self._tasks.spawn(self._spawn_one(), name=f"spawn:{self.profile}")
             started += 1
         if started < to_start:
             return self._limiter.wait_time()
@@ -314,15 +312,7 @@ class WarmPool:
                 ))
 
     def _background(self, aw: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await aw
-            except Exception:
-                log.exception("pool %s: discarding a worker failed", self.profile)
-
-        task = asyncio.create_task(run())
-        self._spawns.add(task)
-        task.add_done_callback(self._spawns.discard)
+        self._tasks.spawn(aw)
 
     # -- state --------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ with it), now or in the background, where nobody waits for it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -14,6 +13,7 @@ from gateway.executors.kubernetes.spec import worker_job
 from gateway.ids import new_token
 from gateway.kube.base import KubeApi
 from gateway.kube.names import dns_name
+from gateway.supervise import TaskSet
 
 log = logging.getLogger("jobgate.k8s")
 
@@ -23,7 +23,7 @@ class WorkerJobs:
         self.api = api
         self.settings = settings
         self.identity = identity
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet("worker Job calls", log)
 
     async def create(self, pool: ProfilePool) -> str | None:
         """A new worker Job of the pool (its name), or None when the API refused it."""
@@ -50,21 +50,11 @@ class WorkerJobs:
         self._spawn(self.delete(job))
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and (e := task.exception()) is not None:
-            log.warning("a worker Job call failed: %r", e)
+        self._background.spawn(coro)
 
     async def settle(self) -> None:
         """Until what was started in the background is done."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.settle()
 
     async def stop(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.cancel_all()
