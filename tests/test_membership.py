@@ -31,13 +31,12 @@ from gateway.models import (
     Assignment,
     InvocationCreate,
     InvocationRecord,
-    PoolState,
     Status,
     WorkerReport,
 )
 from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
-from tests.fakes import FakeMembership
+from tests.fakes import FakeExecutor, FakeMembership
 
 TENANT = "tenant-a"
 DONE = WorkerReport(protocol=1, reason=None, exit_code=0, workspace_base=None,
@@ -46,25 +45,16 @@ DONE = WorkerReport(protocol=1, reason=None, exit_code=0, workspace_base=None,
 
 
 
-class FakeExecutor(Executor):
-    """Each run takes the next scripted outcome: a report, or a WorkerLost to raise."""
-
-    name = "fake"
+class ScriptedExecutor(FakeExecutor):
+    """Each run takes the next scripted outcome: a report, or a WorkerLost to raise; what
+    it was asked is kept in ``events``, in order."""
 
     def __init__(self, outcomes: list[WorkerReport | WorkerLost], *,
                  can_end_attempts: bool = True):
+        super().__init__()
         self.outcomes = outcomes
         self.can_end_attempts = can_end_attempts
         self.events: list[tuple[str, Any]] = []
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def check_room(self, profile: Profile) -> None:
-        pass
 
     async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
         n = len([e for e in self.events if e[0] == "acquire"]) + 1
@@ -79,21 +69,12 @@ class FakeExecutor(Executor):
             raise outcome
         return outcome
 
-    async def cancel(self, worker: Worker) -> None:
-        pass
-
     async def release(self, worker: Worker, report: WorkerReport | None) -> None:
         self.events.append(("release", worker.id))
 
     async def end_attempt(self, invocation_id: str) -> bool:
         self.events.append(("end_attempt", invocation_id))
         return self.can_end_attempts
-
-    def pools(self) -> list[PoolState]:
-        return []
-
-    async def check(self) -> None:
-        pass
 
 
 Run = Callable[[Callable[[InvocationStore], Coroutine[Any, Any, None]]], None]
@@ -178,7 +159,7 @@ def test_a_gateway_recovers_its_own_work_and_no_live_peer_s(run: Run) -> None:
         mine_queued = await stored(records, "b", Status.queued)
         peers = await stored(records, "a", Status.running)
         peers_queued = await stored(records, "a", Status.queued)
-        executor = FakeExecutor([DONE, DONE])
+        executor = ScriptedExecutor([DONE, DONE])
         service = make_service(records, executor, FakeMembership("b"))
         assert await service.recover(at_start=True) == 2
         assert await service.recover() == 0  # the sweep: nothing for a standalone gateway
@@ -194,7 +175,7 @@ def test_a_gateway_recovers_its_own_work_and_no_live_peer_s(run: Run) -> None:
         assert {i for _, i in await records.pending()} == {peers.id, peers_queued.id}
 
         # The leader, once its membership knows a is gone, takes over a's work.
-        leader = make_service(records, FakeExecutor([DONE, DONE]),
+        leader = make_service(records, ScriptedExecutor([DONE, DONE]),
                               FakeMembership("c", leads=True, gone=frozenset({"a"})))
         assert await leader.recover() == 2
         for taken in (peers, peers_queued):
@@ -209,7 +190,7 @@ def _request(**body: Any) -> InvocationCreate:
 
 def test_a_worker_lost_through_no_fault_of_the_code_runs_again(run: Run) -> None:
     async def main(records: InvocationStore) -> None:
-        executor = FakeExecutor([
+        executor = ScriptedExecutor([
             WorkerLost("the worker pod was deleted", no_fault_of_the_code=True),
             WorkerLost("the pod was evicted", reason="Evicted", no_fault_of_the_code=True),
             DONE])
@@ -240,7 +221,7 @@ def test_when_a_lost_worker_is_not_run_again(run: Run, case: str) -> None:
 
     async def main(records: InvocationStore) -> None:
         outcomes: list[WorkerReport | WorkerLost] = [lost, lost, DONE]
-        executor = FakeExecutor(outcomes,
+        executor = ScriptedExecutor(outcomes,
                                 can_end_attempts=case != "earlier worker not sure gone")
         service = make_service(records, executor, FakeMembership("a"))
         _, live = await service.admission.admit(InvocationRequest(TENANT, _request(**body), b"{}"))
