@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.profiles import Profile, ProfileCatalog, load_profiles
-from gateway.config.settings import Settings
+from gateway.config.settings import KubernetesSettings, Settings
 from gateway.executors.kubernetes import KubernetesExecutor
 from gateway.executors.kubernetes.controller import SURPLUS_IDLE_AFTER_S, PoolController
 from gateway.executors.kubernetes.jobs import WorkerJobs
@@ -48,7 +48,7 @@ def settings(tmp_path: Path) -> Settings:
     catalogue = tmp_path / "profiles.toml"
     catalogue.write_text(PROFILES)
     return Settings(data_dir=tmp_path / "data", profiles=catalogue, executor="kubernetes",
-                    k8s_namespace="fake", k8s_lease_duration_s=3)
+                    kubernetes=KubernetesSettings(namespace="fake", lease_duration_s=3))
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def add_worker(api: FakeKubeApi, profile: Profile, settings: Settings, *, ready:
                age_s: float = 0.0) -> str:
     """A worker of ``profile`` already in the pool (its pod's name)."""
     name = f"jg-{profile.name}-{new_token(5)}"
-    manifest = worker_job(profile, settings, name=name, token=new_token(),
+    manifest = worker_job(profile, settings.kubernetes, name=name, token=new_token(),
                           created_by="someone")
     return api.add_job(manifest, ready=ready, age_s=age_s)
 
@@ -181,13 +181,14 @@ async def controlled(api: FakeKubeApi, settings: Settings, profiles: ProfileCata
     tracker = PodTracker(WORKERS_SELECTOR)
     pools = Pools(profiles, settings, tracker)
     tracker.listen(pools.observe)
-    jobs = WorkerJobs(api, settings, "replica-a")
+    jobs = WorkerJobs(api, settings.kubernetes, "replica-a")
     membership = FakeMembership("replica-a", leads=True, live=live)
     tracker.start(api)
     await asyncio.wait_for(tracker.synced.wait(), 5)
     try:
         yield Controlled(api, tracker,
-                         PoolController(api, tracker, pools, jobs, membership, settings), jobs)
+                         PoolController(api, tracker, pools, jobs, membership,
+                                        settings.kubernetes), jobs)
     finally:
         await jobs.stop()
         await tracker.stop()

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from gateway.config.settings import Settings
+from gateway.config.settings import S3Settings, Settings
 from gateway.errors import StorageUnavailable
 from gateway.storage import make_store
 from gateway.storage.s3 import S3Store
@@ -47,7 +47,7 @@ async def store(seaweedfs: SeaweedFS) -> AsyncIterator[S3Store]:
 
 
 def test_make_store_selects_s3() -> None:
-    store = make_store(Settings(storage="s3", s3_bucket="any"))
+    store = make_store(Settings(storage="s3", s3=S3Settings(bucket="any")))
     assert isinstance(store, S3Store) and store.name == "s3"
 
 
@@ -69,7 +69,7 @@ def test_unsigned_and_wrong_secret_requests_are_refused(seaweedfs: SeaweedFS) ->
 
 async def test_keys_live_under_the_prefix(store: S3Store) -> None:
     await store.put("t/inv_1/record.json", b"{}", expires_at=LATER)
-    root = store.settings.s3_prefix
+    root = store.settings.s3.prefix
     raw = await store.client.list_objects_v2(Bucket=BUCKET, Prefix=root + "/")
     assert [o["Key"] for o in raw["Contents"]] == [f"{root}/t/inv_1/record.json"]
     assert await store.list_keys("") == ["t/inv_1/record.json"]
@@ -98,7 +98,7 @@ async def test_objects_carry_expiry_and_sha256(store: S3Store, tmp_path: Path) -
     await store.put_file("m/a.txt", src, expires_at=LATER, content_type="text/plain")
     for key, body, ctype in (("m/record.json", data, "application/json"),
                              ("m/a.txt", b"artifact", "text/plain")):
-        raw = await store.client.head_object(Bucket=BUCKET, Key=f"{store.settings.s3_prefix}/{key}")
+        raw = await store.client.head_object(Bucket=BUCKET, Key=f"{store.settings.s3.prefix}/{key}")
         meta = raw["Metadata"]
         assert datetime.fromisoformat(meta["expires-at"]) == LATER
         assert meta["sha256"] == hashlib.sha256(body).hexdigest()
@@ -112,8 +112,8 @@ async def test_objects_carry_expiry_and_sha256(store: S3Store, tmp_path: Path) -
 async def test_large_file_goes_multipart_and_back_intact(
         seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     settings = seaweedfs.store_settings(BUCKET, unique_prefix(),
-                                        s3_multipart_threshold_bytes=16 * MiB,
-                                        s3_multipart_chunk_bytes=8 * MiB)
+                                        s3={"multipart_threshold_bytes": 16 * MiB,
+                                            "multipart_chunk_bytes": 8 * MiB})
     store = S3Store(settings, session=seaweedfs.session())
     await store.start()
     try:
@@ -127,7 +127,7 @@ async def test_large_file_goes_multipart_and_back_intact(
         info = await store.put_file("big/big.bin", src, expires_at=LATER)
         assert (info.size, info.sha256) == (50 * MiB, digest.hexdigest())
 
-        key = f"{settings.s3_prefix}/big/big.bin"
+        key = f"{settings.s3.prefix}/big/big.bin"
         raw = await store.client.head_object(Bucket=BUCKET, Key=key)
         # A multipart object's ETag is md5-of-part-md5s plus "-<parts>": 50 MiB / 8 MiB = 7.
         assert raw["ETag"].strip('"').endswith("-7"), raw["ETag"]
@@ -138,7 +138,7 @@ async def test_large_file_goes_multipart_and_back_intact(
             back.update(chunk)
         assert back.hexdigest() == digest.hexdigest()
         uploads = await store.client.list_multipart_uploads(Bucket=BUCKET,
-                                                            Prefix=store.settings.s3_prefix + "/")
+                                                            Prefix=store.settings.s3.prefix + "/")
         assert not uploads.get("Uploads")
     finally:
         await store.close()
@@ -146,8 +146,8 @@ async def test_large_file_goes_multipart_and_back_intact(
 
 async def test_failed_multipart_upload_is_aborted(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     settings = seaweedfs.store_settings(BUCKET, unique_prefix(),
-                                        s3_multipart_threshold_bytes=5 * MiB,
-                                        s3_multipart_chunk_bytes=5 * MiB)
+                                        s3={"multipart_threshold_bytes": 5 * MiB,
+                                            "multipart_chunk_bytes": 5 * MiB})
     store = S3Store(settings, session=seaweedfs.session())
     await store.start()
     try:
@@ -158,7 +158,7 @@ async def test_failed_multipart_upload_is_aborted(seaweedfs: SeaweedFS, tmp_path
             await store.put_file("bad/six.bin", src, expires_at=LATER, sha256="0" * 64)
         assert await store.list_keys("bad/") == []
         uploads = await store.client.list_multipart_uploads(Bucket=BUCKET,
-                                                            Prefix=store.settings.s3_prefix + "/")
+                                                            Prefix=store.settings.s3.prefix + "/")
         assert not uploads.get("Uploads")
     finally:
         await store.close()
@@ -209,7 +209,7 @@ async def test_presigned_lifetime_is_the_callers_within_sigv4(store: S3Store) ->
         assert url is not None
         return int(parse_qs(urlsplit(url).query)["X-Amz-Expires"][0])
 
-    # A worker's report URL outlives its run: longer than s3_presign_ttl_s is kept.
+    # A worker's report URL outlives its run: longer than s3.presign_ttl_s is kept.
     assert lifetime(await store.presign_put("x", expires_s=3600)) == 3600
     assert lifetime(await store.presign_get("x", expires_s=30 * 86400)) == 7 * 86400
 
@@ -287,7 +287,7 @@ async def test_refused_lifecycle_rule_is_a_warning(
     await admin.put("r/x", b"readable", expires_at=LATER)
     await admin.close()
     # A different max TTL: the rule the admin installed must change, and cannot.
-    settings = seaweedfs.store_settings(BUCKET, prefix, s3_create_bucket=False,
+    settings = seaweedfs.store_settings(BUCKET, prefix, s3={"create_bucket": False},
                                         max_ttl_s=2 * 86400)
     reader = S3Store(settings, session=seaweedfs.session(reader=True))
     with caplog.at_level(logging.WARNING, logger="jobgate.storage.s3"):

@@ -187,7 +187,7 @@ async def get_artifact(request: Request) -> Response:
     if artifact is None:
         raise ArtifactNotFound(f"invocation {inv} has no artifact {name!r}")
     url = await app.records.artifact_url(tenant, inv, name,
-                                         expires_s=app.settings.s3_presign_ttl_s)
+                                         expires_s=app.settings.s3.presign_ttl_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     stream = app.records.artifact_stream(tenant, inv, name)

@@ -1,15 +1,28 @@
 """All of jobgate's configuration: one settings object, read once from ``JOBGATE_*``
 environment variables (and an optional ``.env`` file), then passed in. Nothing below the
-app reads the environment. Every field is documented in docs/configuration.md."""
+app reads the environment. Every variable is documented in docs/configuration.md.
+
+What belongs to one executor or store is a group of its own, read from the variables with
+the group's prefix: ``settings.local`` (``JOBGATE_LOCAL_*``), ``settings.kubernetes``
+(``JOBGATE_K8S_*``) and ``settings.s3`` (``JOBGATE_S3_*``), so that
+``JOBGATE_K8S_NAMESPACE`` is ``settings.kubernetes.namespace``."""
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 MiB = 1024 * 1024
 
@@ -18,6 +31,81 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+# A list given as one comma-separated variable ("a, b,c").
+Csv = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
+
+
+class _Group(BaseSettings):
+    """The settings of one executor or store, under a prefix of their own. Inside
+    ``Settings`` its sources read a group's variables (from the same environment and
+    ``.env`` file as the rest); a group built alone reads them itself."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    @classmethod
+    def env_prefix(cls) -> str:
+        return cls.model_config.get("env_prefix", "")
+
+
+class LocalSettings(_Group):
+    """The local executor (JOBGATE_EXECUTOR=local): ``JOBGATE_LOCAL_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBGATE_LOCAL_")
+
+    # Per-worker uids ("auto" = 200000-265535 when root, off otherwise).
+    uid_range: str = "auto"
+    # An empty network namespace for profiles without network (root only).
+    isolate_network: bool = True
+    # The sandbox (namespaces, read-only root, scratch tmpfs, cgroups, seccomp). "auto":
+    # every protection this machine allows, and a warning naming each one it does not;
+    # "required": refuse to start without all of them; "off": none of the namespaces or
+    # cgroups (a baseline for benchmarks, not for untrusted code).
+    sandbox: Literal["auto", "required", "off"] = "auto"
+
+
+class KubernetesSettings(_Group):
+    """The Kubernetes executor (JOBGATE_EXECUTOR=kubernetes): ``JOBGATE_K8S_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBGATE_K8S_")
+
+    namespace: str = "jobgate"
+    # A kubeconfig file; empty: in-cluster config when running in a pod, else ~/.kube/config.
+    kubeconfig: str = ""
+    runner_port: int = Field(8080, gt=0, le=65535)
+    job_ttl_s: int = Field(300, ge=0)
+    create_rate: float = Field(10.0, gt=0)
+    cold_start_concurrency: int = Field(8, gt=0)
+    image_pull_grace_s: float = Field(60.0, gt=0)
+    unschedulable_after_s: float = Field(120.0, gt=0)
+    leader_lease: str = "jobgate-pool-leader"
+    lease_duration_s: int = Field(15, ge=3)
+    # Gateway pods, by label: the only pods worker pods accept connections from.
+    gateway_selector: Csv = Field(
+        default_factory=lambda: ["app.kubernetes.io/name=jobgate",
+                                 "app.kubernetes.io/component=gateway"])
+    # Where workers may connect besides the gateway: the object store, as CIDRs.
+    egress_cidrs: Csv = Field(default_factory=list)
+    manage_network_policy: bool = True
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class S3Settings(_Group):
+    """S3 storage (JOBGATE_STORAGE=s3): ``JOBGATE_S3_*``. Credentials come from the
+    standard AWS chain, never from here."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBGATE_S3_")
+
+    endpoint: str = ""  # empty: AWS S3 itself
+    bucket: str = "jobgate"
+    region: str = "us-east-1"
+    prefix: str = "jobgate"
+    addressing: Literal["path", "virtual"] = "path"
+    create_bucket: bool = False
+    multipart_threshold_bytes: int = Field(16 * MiB, ge=5 * MiB)
+    multipart_chunk_bytes: int = Field(8 * MiB, ge=5 * MiB)
+    presign_ttl_s: int = Field(900, gt=0, le=7 * 86400)
 
 
 class Settings(BaseSettings):
@@ -58,7 +146,7 @@ class Settings(BaseSettings):
 
     # -- authentication -----------------------------------------------------------------
     # Comma-separated "tenant:sha256hex" entries (hashes of the keys, never the keys).
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Csv = Field(default_factory=list)
     api_keys_file: Path | None = None
 
     # -- limits on what a client controls -----------------------------------------------
@@ -93,55 +181,21 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=10)
     max_concurrency: int = Field(32, gt=0)
     worker_idle_timeout_s: float = Field(900.0, ge=0)
-    # Local executor: per-worker uids ("auto" = 200000-265535 when root, off otherwise).
-    local_uid_range: str = "auto"
-    # Local executor: an empty network namespace for profiles without network (root only).
-    local_isolate_network: bool = True
-    # Local executor: the sandbox (namespaces, read-only root, scratch tmpfs, cgroups,
-    # seccomp). "auto": every protection this machine allows, and a warning naming each
-    # one it does not; "required": refuse to start without all of them; "off": none of
-    # the namespaces or cgroups (a baseline for benchmarks, not for untrusted code).
-    local_sandbox: Literal["auto", "required", "off"] = "auto"
 
-    # -- Kubernetes executor (JOBGATE_EXECUTOR=kubernetes) --------------------------------
-    k8s_namespace: str = "jobgate"
-    # A kubeconfig file; empty: in-cluster config when running in a pod, else ~/.kube/config.
-    k8s_kubeconfig: str = ""
-    k8s_runner_port: int = Field(8080, gt=0, le=65535)
-    k8s_job_ttl_s: int = Field(300, ge=0)
-    k8s_create_rate: float = Field(10.0, gt=0)
-    k8s_cold_start_concurrency: int = Field(8, gt=0)
-    k8s_image_pull_grace_s: float = Field(60.0, gt=0)
-    k8s_unschedulable_after_s: float = Field(120.0, gt=0)
-    k8s_leader_lease: str = "jobgate-pool-leader"
-    k8s_lease_duration_s: int = Field(15, ge=3)
-    # Gateway pods, by label: the only pods worker pods accept connections from.
-    k8s_gateway_selector: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["app.kubernetes.io/name=jobgate",
-                                 "app.kubernetes.io/component=gateway"])
-    # Where workers may connect besides the gateway: the object store, as CIDRs.
-    k8s_egress_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    k8s_manage_network_policy: bool = True
-    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # -- the executors' own settings (the one JOBGATE_EXECUTOR names is used) -------------
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     # -- callbacks ------------------------------------------------------------------------
     callback_secret: SecretStr | None = None
-    callback_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_allow: Csv = Field(default_factory=list)
     callback_max_attempts: int = Field(8, ge=1, le=50)
     callback_timeout_s: float = Field(10.0, gt=0)
     callback_backoff_base_s: float = Field(1.0, gt=0)
     callback_backoff_max_s: float = Field(300.0, gt=0)
 
-    # -- S3 storage (JOBGATE_STORAGE=s3); credentials come from the standard AWS chain ----
-    s3_endpoint: str = ""  # empty: AWS S3 itself
-    s3_bucket: str = "jobgate"
-    s3_region: str = "us-east-1"
-    s3_prefix: str = "jobgate"
-    s3_addressing: Literal["path", "virtual"] = "path"
-    s3_create_bucket: bool = False
-    s3_multipart_threshold_bytes: int = Field(16 * MiB, ge=5 * MiB)
-    s3_multipart_chunk_bytes: int = Field(8 * MiB, ge=5 * MiB)
-    s3_presign_ttl_s: int = Field(900, gt=0, le=7 * 86400)
+    # -- storage ---------------------------------------------------------------------------
+    s3: S3Settings = Field(default_factory=S3Settings)
     # How long result uploads are retried while storage is down before the invocation
     # ends as error/StorageUnavailable.
     storage_retry_budget_s: float = Field(120.0, ge=0)
@@ -149,11 +203,20 @@ class Settings(BaseSettings):
     # -- janitor --------------------------------------------------------------------------
     janitor_interval_s: float = Field(60.0, gt=0)
 
-    @field_validator("api_keys", "callback_allow", "k8s_gateway_selector", "k8s_egress_cidrs",
-                     mode="before")
     @classmethod
-    def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment and the .env file (the one given as _env_file, when it is), each
+        # reading the groups under their own prefixes.
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        return (init_settings, _GroupedEnv(settings_cls),
+                _GroupedDotEnv(settings_cls, env_file=dotenv_settings.env_file,
+                               env_file_encoding=dotenv_settings.env_file_encoding,
+                               env_file_depth=dotenv_settings.env_file_depth),
+                file_secret_settings)
 
     @property
     def is_loopback_bind(self) -> bool:
@@ -163,3 +226,56 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+GROUPS: dict[str, type[_Group]] = {
+    name: field.annotation for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Group)}
+
+
+class _GroupedEnv(EnvSettingsSource):
+    """The environment, with each group read from the variables under its own prefix
+    (alone, pydantic-settings would read a group from one JSON variable, JOBGATE_S3)."""
+
+    def _group_source(self, group: type[_Group]) -> EnvSettingsSource:
+        return EnvSettingsSource(group)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in GROUPS:
+            return None, field_name, False  # read in __call__
+        return super().get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for name, group in GROUPS.items():
+            data[name] = self._group_source(group)()
+        return data
+
+
+class _GroupedDotEnv(_GroupedEnv, DotEnvSettingsSource):
+    """A .env file, its groups read like the environment's."""
+
+    def _group_source(self, group: type[_Group]) -> EnvSettingsSource:
+        return DotEnvSettingsSource(group, env_file=self.env_file,
+                                    env_file_encoding=self.env_file_encoding,
+                                    env_file_depth=self.env_file_depth)
+
+
+def _names(field_name: str, field: FieldInfo, prefix: str) -> list[str]:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):  # variables, and the field's own name (lower case)
+        return [c for c in alias.choices if isinstance(c, str) and c.isupper()]
+    return [f"{prefix}{field_name}".upper()]
+
+
+def variables() -> list[str]:
+    """Every environment variable the settings read, older names included."""
+    names: list[str] = []
+    for name, field in Settings.model_fields.items():
+        if name in GROUPS:
+            group = GROUPS[name]
+            for inner, inner_field in group.model_fields.items():
+                names += _names(inner, inner_field, group.env_prefix())
+        else:
+            names += _names(name, field, "JOBGATE_")
+    return names

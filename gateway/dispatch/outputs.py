@@ -117,7 +117,7 @@ class WorkerUploadsOutputs(Outputs):
         urls = {}
         for artifact in listing.artifacts:
             url = await self.records.presign_artifact_put(
-                tenant, invocation_id, artifact.name, expires_s=self.settings.s3_presign_ttl_s)
+                tenant, invocation_id, artifact.name, expires_s=self.settings.s3.presign_ttl_s)
             if url is None:
                 raise InvalidInput("this gateway's storage takes no direct uploads")
             urls[artifact.name] = url

@@ -166,11 +166,11 @@ class LeaseMembership(Membership):
         self.heartbeat: ReplicaHeartbeat | None = None
 
     async def start(self) -> None:
-        self.api = self._given_api or await connect(self.settings.k8s_kubeconfig,
-                                                    self.settings.k8s_namespace)
-        duration = self.settings.k8s_lease_duration_s
+        settings = self.settings.kubernetes
+        self.api = self._given_api or await connect(settings.kubeconfig, settings.namespace)
+        duration = settings.lease_duration_s
         self.heartbeat = ReplicaHeartbeat(self.api, self.identity, duration)
-        self.leader = LeaderElector(self.api, self.settings.k8s_leader_lease, self.identity,
+        self.leader = LeaderElector(self.api, settings.leader_lease, self.identity,
                                     duration)
         # Present before it accepts anything, so the leader never takes its work for a
         # gone replica's (the renewal loop keeps trying if this first round fails).

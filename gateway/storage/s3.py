@@ -101,8 +101,8 @@ class S3Store(ObjectStore):
 
     def __init__(self, settings: Settings, *, session: aioboto3.Session | None = None):
         self.settings = settings
-        self.bucket = settings.s3_bucket
-        self._root = settings.s3_prefix.strip("/")
+        self.bucket = settings.s3.bucket
+        self._root = settings.s3.prefix.strip("/")
         self._session = session or aioboto3.Session()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
@@ -162,7 +162,7 @@ class S3Store(ObjectStore):
         s = self.settings
         config = Config(
             signature_version="s3v4",
-            s3={"addressing_style": s.s3_addressing},
+            s3={"addressing_style": s.s3.addressing},
             # Few retries and short timeouts: a dead server must show up in readiness
             # within seconds, not after botocore's default minutes of retrying.
             retries={"max_attempts": 2, "mode": "standard"},
@@ -176,10 +176,10 @@ class S3Store(ObjectStore):
         )
         stack = contextlib.AsyncExitStack()
         self._client = await stack.enter_async_context(self._session.client(
-            "s3", endpoint_url=s.s3_endpoint or None, region_name=s.s3_region, config=config))
+            "s3", endpoint_url=s.s3.endpoint or None, region_name=s.s3.region, config=config))
         self._stack = stack
         try:
-            if s.s3_create_bucket:
+            if s.s3.create_bucket:
                 await self._create_bucket()
             await self._install_lifecycle()
         except BaseException:
@@ -193,10 +193,10 @@ class S3Store(ObjectStore):
 
     async def _create_bucket(self) -> None:
         params: dict[str, Any] = {"Bucket": self.bucket}
-        if self.settings.s3_region != "us-east-1":
+        if self.settings.s3.region != "us-east-1":
             # us-east-1 is the one region that refuses an explicit location constraint.
             params["CreateBucketConfiguration"] = {
-                "LocationConstraint": self.settings.s3_region}
+                "LocationConstraint": self.settings.s3.region}
         try:
             with self._errors():
                 await self.client.create_bucket(**params)
@@ -280,7 +280,7 @@ class S3Store(ObjectStore):
         a given ``sha256`` is used and verified while streaming (a mismatch aborts the
         upload, ChecksumMismatch); without one the file is hashed first, in a thread."""
         size = (await asyncio.to_thread(os.stat, path)).st_size
-        if size < self.settings.s3_multipart_threshold_bytes:
+        if size < self.settings.s3.multipart_threshold_bytes:
             # Below the threshold (16 MiB by default) one PUT is cheapest, and memory
             # holds at most that much.
             def read() -> tuple[bytes, str]:
@@ -299,7 +299,7 @@ class S3Store(ObjectStore):
     async def _put_multipart(self, key: str, path: Path, expires_at: datetime,
                              content_type: str, expected: str) -> ObjectInfo:
         full = self._full(key)
-        chunk = self.settings.s3_multipart_chunk_bytes
+        chunk = self.settings.s3.multipart_chunk_bytes
         with self._errors():
             created = await self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=full, ContentType=content_type,

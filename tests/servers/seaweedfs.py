@@ -35,7 +35,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from gateway.config.settings import Settings
+from gateway.config.settings import S3Settings, Settings
 
 # Each weed component listens on its HTTP port and on gRPC at port + 10000. Ports are
 # drawn from 20000-22767 so both stay below the kernel's ephemeral range (32768+), where
@@ -268,13 +268,14 @@ class SeaweedFS:
             "AWS_EC2_METADATA_DISABLED": "true",  # never probe 169.254.169.254
         }
 
-    def store_settings(self, bucket: str, prefix: str, **overrides: Any) -> Settings:
-        """The same configuration as gateway_env, for an S3Store in the test process."""
-        values: dict[str, Any] = {
-            "storage": "s3", "s3_endpoint": self.endpoint, "s3_bucket": bucket,
-            "s3_prefix": prefix, "s3_region": self.region, "s3_addressing": "path",
-            "s3_create_bucket": True, **overrides}
-        return Settings(**values)
+    def store_settings(self, bucket: str, prefix: str, *, s3: dict[str, Any] | None = None,
+                       **overrides: Any) -> Settings:
+        """The same configuration as gateway_env, for an S3Store in the test process
+        (``s3``: more of the S3 group, ``overrides``: the rest)."""
+        group: dict[str, Any] = {
+            "endpoint": self.endpoint, "bucket": bucket, "prefix": prefix,
+            "region": self.region, "addressing": "path", "create_bucket": True, **(s3 or {})}
+        return Settings(storage="s3", s3=S3Settings(**group), **overrides)
 
     def session(self, *, reader: bool = False) -> aioboto3.Session:
         """Credentials for an in-process store (a gateway process reads its env)."""

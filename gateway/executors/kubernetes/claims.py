@@ -11,7 +11,7 @@ import math
 import time
 
 from gateway.config.profiles import Profile
-from gateway.config.settings import Settings
+from gateway.config.settings import KubernetesSettings
 from gateway.errors import QueueFull, WorkerStartFailed
 from gateway.executors.base import Worker
 from gateway.executors.kubernetes.jobs import WorkerJobs
@@ -25,7 +25,7 @@ from gateway.kube.names import label_value
 
 class Claims:
     def __init__(self, api: KubeApi, tracker: PodTracker, pools: Pools, jobs: WorkerJobs,
-                 settings: Settings, *, identity: str):
+                 settings: KubernetesSettings, *, identity: str):
         self.api = api
         self.tracker = tracker
         self.pools = pools
@@ -68,7 +68,7 @@ class Claims:
             claimed = Pod(raw)
             self.tracker.saw(claimed)
             return Worker(id=claimed.name, profile=pool.profile.name,
-                          address=f"http://{claimed.ip}:{self.settings.k8s_runner_port}",
+                          address=f"http://{claimed.ip}:{self.settings.runner_port}",
                           token=claimed.token or "", ready_at=time.monotonic(),
                           start_latency_s=pool.sizer.start_latency.value,
                           meta={"job": claimed.job or ""})
@@ -77,7 +77,7 @@ class Claims:
     async def _wait_cold(self, pool: ProfilePool, invocation_label: str) -> Worker:
         """Start a worker for this call (capped) and claim the first that becomes ready."""
         job: str | None = None
-        if pool.cold_inflight < self.settings.k8s_cold_start_concurrency \
+        if pool.cold_inflight < self.settings.cold_start_concurrency \
                 and len(pool.starting()) < pool.waiting:
             pool.cold_inflight += 1
             try:

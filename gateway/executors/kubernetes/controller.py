@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 
-from gateway.config.settings import Settings
+from gateway.config.settings import KubernetesSettings
 from gateway.executors.kubernetes.jobs import WorkerJobs
 from gateway.executors.kubernetes.pods import Pod, state_patch
 from gateway.executors.kubernetes.pools import Pools, ProfilePool
@@ -34,13 +34,13 @@ SURPLUS_IDLE_AFTER_S = 30.0
 
 class PoolController:
     def __init__(self, api: KubeApi, tracker: PodTracker, pools: Pools, jobs: WorkerJobs,
-                 membership: Membership, settings: Settings):
+                 membership: Membership, settings: KubernetesSettings):
         self.api = api
         self.tracker = tracker
         self.pools = pools
         self.jobs = jobs
         self.membership = membership
-        rate = settings.k8s_create_rate
+        rate = settings.create_rate
         self._limiter = RateLimiter(rate, max(1, int(rate)))
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

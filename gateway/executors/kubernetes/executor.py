@@ -80,10 +80,9 @@ class KubernetesExecutor(Executor):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        settings, identity = self.settings, self.membership.identity
-        api = self._given_api or await connect(settings.k8s_kubeconfig,
-                                               settings.k8s_namespace)
-        if settings.k8s_manage_network_policy:
+        settings, identity = self.settings.kubernetes, self.membership.identity
+        api = self._given_api or await connect(settings.kubeconfig, settings.namespace)
+        if settings.manage_network_policy:
             for policy in network_policies(settings):
                 await api.apply_network_policy(policy)
         jobs = WorkerJobs(api, settings, identity)

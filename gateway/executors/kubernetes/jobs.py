@@ -7,7 +7,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.config.settings import Settings
+from gateway.config.settings import KubernetesSettings
 from gateway.executors.kubernetes.pools import ProfilePool
 from gateway.executors.kubernetes.spec import worker_job
 from gateway.ids import new_token
@@ -19,7 +19,7 @@ log = logging.getLogger("jobgate.k8s")
 
 
 class WorkerJobs:
-    def __init__(self, api: KubeApi, settings: Settings, identity: str):
+    def __init__(self, api: KubeApi, settings: KubernetesSettings, identity: str):
         self.api = api
         self.settings = settings
         self.identity = identity

@@ -26,8 +26,8 @@ class ProfilePool:
         self.profile = profile
         self.label = label_value(profile.name)
         self.queue_size = settings.queue_size
-        self._pull_grace_s = settings.k8s_image_pull_grace_s
-        self._unschedulable_after_s = settings.k8s_unschedulable_after_s
+        self._pull_grace_s = settings.kubernetes.image_pull_grace_s
+        self._unschedulable_after_s = settings.kubernetes.unschedulable_after_s
         self._tracker = tracker
         self.waiting = 0  # calls of this replica waiting for a worker
         self._ready = asyncio.Event()  # replaced after each wake-up (a broadcast)

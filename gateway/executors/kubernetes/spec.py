@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from gateway.config.profiles import Profile
-from gateway.config.settings import Settings
+from gateway.config.settings import KubernetesSettings
 from gateway.kube.names import COMPONENT, MANAGED_BY, label_value
 from gateway.kube.objects import Obj
 
@@ -41,15 +41,15 @@ def worker_labels(profile: Profile) -> dict[str, str]:
     return labels
 
 
-def worker_job(profile: Profile, settings: Settings, *, name: str, token: str,
+def worker_job(profile: Profile, settings: KubernetesSettings, *, name: str, token: str,
                created_by: str) -> Obj:
     labels = worker_labels(profile)
     deadline = int(profile.pool.max_idle_age_s + profile.max_timeout_s + DEADLINE_SLACK_S)
-    port = settings.k8s_runner_port
+    port = settings.runner_port
     container: Obj = {
         "name": "runner",
         "image": profile.image,
-        "imagePullPolicy": settings.k8s_image_pull_policy,
+        "imagePullPolicy": settings.image_pull_policy,
         "args": ["serve"],
         "env": [
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -84,7 +84,7 @@ def worker_job(profile: Profile, settings: Settings, *, name: str, token: str,
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": deadline,
-            "ttlSecondsAfterFinished": settings.k8s_job_ttl_s,
+            "ttlSecondsAfterFinished": settings.job_ttl_s,
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {
@@ -113,15 +113,15 @@ def _selector(entries: list[str]) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in entries)
 
 
-def network_policies(settings: Settings) -> list[Obj]:
+def network_policies(settings: KubernetesSettings) -> list[Obj]:
     """Default deny for every worker: in only from gateway pods (to the runner port), out
     only to gateway pods and, when configured, the object store (and DNS to find it).
     Workers of profiles with network get a second, additive policy opening egress."""
-    gateway = {"podSelector": {"matchLabels": _selector(settings.k8s_gateway_selector)}}
+    gateway = {"podSelector": {"matchLabels": _selector(settings.gateway_selector)}}
     workers = {"matchLabels": {MANAGED_BY: "jobgate", COMPONENT: "worker"}}
     egress: list[Obj] = [{"to": [gateway]}]
-    if settings.k8s_egress_cidrs:
-        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in settings.k8s_egress_cidrs]})
+    if settings.egress_cidrs:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in settings.egress_cidrs]})
         egress.append({"to": [{"namespaceSelector": {}}],
                        "ports": [{"protocol": "UDP", "port": 53},
                                  {"protocol": "TCP", "port": 53}]})
@@ -132,7 +132,7 @@ def network_policies(settings: Settings) -> list[Obj]:
          "spec": {"podSelector": workers, "policyTypes": ["Ingress", "Egress"],
                   "ingress": [{"from": [gateway],
                                "ports": [{"protocol": "TCP",
-                                          "port": settings.k8s_runner_port}]}],
+                                          "port": settings.runner_port}]}],
                   "egress": egress}},
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
          "metadata": {"name": "jobgate-workers-network-allowed", "labels": labels},

@@ -49,10 +49,10 @@ class LocalExecutor(Executor):
         # Membership is not the local executor's concern: its workers die with the machine.
         self.settings = settings
         self.profiles = profiles
-        uid_range = parse_uid_range(settings.local_uid_range)
+        uid_range = parse_uid_range(settings.local.uid_range)
         self._uids = UidAllocator(*uid_range) if uid_range else None
         self.missing = self._missing_before_start()
-        self.sandboxed = settings.local_sandbox != "off" and "filesystem" not in self.missing
+        self.sandboxed = settings.local.sandbox != "off" and "filesystem" not in self.missing
         self.workspace_root = workspace_root(Path(settings.data_dir), self._uids is not None,
                                              self.sandboxed)
         check_safe_ancestors(self.workspace_root.parent)
@@ -66,7 +66,7 @@ class LocalExecutor(Executor):
     def _missing_before_start(self) -> dict[str, str]:
         """The protections ruled out before any zygote starts, with the reason."""
         missing: dict[str, str] = {}
-        if self.settings.local_sandbox == "off":
+        if self.settings.local.sandbox == "off":
             missing = {name: "JOBGATE_LOCAL_SANDBOX=off" for name in
                        ("filesystem", "pid", "scratch", "cgroups", "seccomp")}
         if self._uids is None:
@@ -76,7 +76,7 @@ class LocalExecutor(Executor):
             # The sandbox runs the code as a uid of its own: without one, no sandbox.
             for name in ("filesystem", "pid", "scratch", "cgroups"):
                 missing.setdefault(name, why)
-        if not self.settings.local_isolate_network:
+        if not self.settings.local.isolate_network:
             missing["network"] = "JOBGATE_LOCAL_ISOLATE_NETWORK=false"
         elif os.geteuid() != 0:
             missing["network"] = "not running as root"
@@ -88,10 +88,10 @@ class LocalExecutor(Executor):
         tag = hashlib.sha256(str(self.workspace_root).encode()).hexdigest()[:12]
         for profile in self.profiles.all():
             zygote = Zygote(profile, self.workspace_root,
-                            self.settings.local_isolate_network,
+                            self.settings.local.isolate_network,
                             self.settings.worker_idle_timeout_s,
                             sandboxed=self.sandboxed,
-                            seccomp=self.settings.local_sandbox != "off",
+                            seccomp=self.settings.local.sandbox != "off",
                             cgroup_name=f"jobgate-{tag}-{safe_name(profile.name)}")
             self._zygotes[profile.name] = zygote
             pool = WarmPool(
@@ -127,7 +127,7 @@ class LocalExecutor(Executor):
                      "root, scratch filesystem, cgroups, seccomp, own uid, no network)")
             return
         lines = "; ".join(f"{PROTECTION_NAMES.get(k, k)}: {v}" for k, v in missing.items())
-        if self.settings.local_sandbox == "required":
+        if self.settings.local.sandbox == "required":
             raise ConfigError(f"JOBGATE_LOCAL_SANDBOX=required, but workers would lack "
                               f"{lines}")
         log.warning("local executor: workers run WITHOUT %s", lines)
@@ -165,7 +165,7 @@ class LocalExecutor(Executor):
             if uid is not None and self._uids:
                 self._uids.give_back(uid)
             raise
-        if not profile.network and self.settings.local_isolate_network and not isolated \
+        if not profile.network and self.settings.local.isolate_network and not isolated \
                 and not self._net_isolation_reported:
             self._net_isolation_reported = True
             log.warning("network isolation is not available here (needs root and "
