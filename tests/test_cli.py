@@ -86,3 +86,13 @@ def test_keys_new_prints_a_working_config_line(gateway: GatewayProcess) -> None:
     line = p.stdout.splitlines()[1].split("=", 1)[1]
     h = jobgate(gateway, "keys", "hash", key).stdout.strip()
     assert line == f"team-x:{h}"
+
+
+def test_serve_refuses_an_invalid_setting_by_its_variable() -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")},
+           "JOBGATE_K8S_RUNNER_PORT": "99999"}
+    p = subprocess.run([sys.executable, "-m", "gateway.cli.main", "serve"], env=env,
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "JOBGATE_K8S_RUNNER_PORT='99999': Input should be less than or equal to 65535" \
+        in p.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.config.settings import (
     GROUPS,
@@ -16,6 +17,7 @@ from gateway.config.settings import (
     LocalSettings,
     S3Settings,
     Settings,
+    describe,
     variables,
 )
 
@@ -104,3 +106,16 @@ def test_a_group_is_not_read_from_a_variable_of_its_own_name(
     settings = Settings()
     assert (settings.local, settings.kubernetes, settings.s3) == (
         LocalSettings(), KubernetesSettings(), S3Settings())
+
+
+def test_an_invalid_value_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBGATE_K8S_RUNNER_PORT", "99999")
+    monkeypatch.setenv("JOBGATE_S3_ADDRESSING", "sideways")
+    monkeypatch.setenv("JOBGATE_PORT", "http")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    lines = describe(raised.value).splitlines()
+    assert [line.split("=")[0].strip() for line in lines] == [
+        "JOBGATE_PORT", "JOBGATE_K8S_RUNNER_PORT", "JOBGATE_S3_ADDRESSING"]
+    assert "JOBGATE_K8S_RUNNER_PORT='99999': Input should be less than or equal to 65535" \
+        in lines[1]

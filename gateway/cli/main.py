@@ -43,12 +43,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.api.app import StartupError, create_app
     from gateway.api.server import HttpLimits, LimitedHttpProtocol
-    from gateway.config.settings import Settings
+    from gateway.config.settings import Settings, describe
 
     try:
         settings = Settings()
     except ValidationError as e:
-        print(f"jobgate: invalid configuration:\n{e}", file=sys.stderr)
+        print(f"jobgate: invalid configuration:\n{describe(e)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,10 +10,11 @@ the group's prefix: ``settings.local`` (``JOBGATE_LOCAL_*``), ``settings.kuberne
 from __future__ import annotations
 
 import ipaddress
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -279,3 +280,22 @@ def variables() -> list[str]:
         else:
             names += _names(name, field, "JOBGATE_")
     return names
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The variable a validation error's location stands for: ("kubernetes",
+    "runner_port") is JOBGATE_K8S_RUNNER_PORT."""
+    head, *rest = [str(part) for part in loc]
+    prefix = "JOBGATE_"
+    if head in GROUPS and rest:
+        prefix = GROUPS[head].env_prefix()
+        head, *rest = rest
+    if not head.upper().startswith("JOBGATE_"):
+        head = prefix + head
+    return head.upper() + "".join(f"[{part}]" for part in rest)
+
+
+def describe(error: ValidationError) -> str:
+    """A settings validation error, one line per variable, each named as it is set."""
+    return "\n".join(f"  {_variable(e['loc'])}={reprlib.repr(e['input'])}: {e['msg']}"
+                     for e in error.errors(include_url=False))
