@@ -962,8 +962,9 @@ def _send(conn: socket.socket, status: int, body: bytes,
         conn.sendall(head + body)
 
 
-class Worker:
-    """One worker: a workspace, a listening socket, one assignment.
+class RunnerServer:
+    """The runner's HTTP server for one worker: its workspace, its listening socket, its
+    one assignment.
 
     With a ``sandbox`` (a factory from the zygote) the workspace lives in the worker's own
     scratch filesystem and the code runs under the sandbox's init; without one, in a
@@ -1356,14 +1357,14 @@ def _serve_spawns(out: Any, zygote_pid: int, workspace_root: str, preload_python
                 if protections.sandbox is not None:
                     sandbox = functools.partial(protections.sandbox,
                                                 scratch_bytes=int(scratch_s) * 1024 * 1024)
-                worker = Worker(listener, token, workspace_root, uid, preload_python, netns,
-                                sandbox, protections.seccomp_program)
+                server = RunnerServer(listener, token, workspace_root, uid, preload_python,
+                                      netns, sandbox, protections.seccomp_program)
                 out.write(f"ready {worker_id} {os.getpid()} {port} {int(isolated)}\n".encode())
                 out.flush()
                 devnull = os.open(os.devnull, os.O_RDWR)
                 os.dup2(devnull, 0)
                 os.dup2(devnull, 1)
-                code = worker.serve(float(idle_s) or None)
+                code = server.serve(float(idle_s) or None)
             except BaseException as e:  # noqa: BLE001
                 with contextlib.suppress(BaseException):
                     out.write(f"failed {worker_id} {type(e).__name__}: {e}\n".encode())
@@ -1390,8 +1391,8 @@ def serve_main() -> int:
     listener.bind((host, int(port)))
     listener.listen(16)
     idle = float(os.environ.get("JOBGATE_RUNNER_IDLE_TIMEOUT_S", "0") or 0)
-    worker = Worker(listener, token, root, None, preload)
-    return worker.serve(idle or None)
+    server = RunnerServer(listener, token, root, None, preload)
+    return server.serve(idle or None)
 
 
 def main(argv: list[str]) -> int:
