@@ -127,7 +127,7 @@ async def _cold_runner(interpreter: str, calls: int, warmup: int, root: Path
     from gateway.config.profiles import load_profiles
     from gateway.config.settings import Settings
     from gateway.dispatch.plan import make_assignment, make_plan
-    from gateway.executors.base import Worker
+    from gateway.executors.base import WorkerHandle
     from gateway.executors.runner_client import RunnerClient
     from gateway.models import InvocationCreate
 
@@ -159,9 +159,10 @@ async def _cold_runner(interpreter: str, calls: int, warmup: int, root: Path
                 address = f"http://127.0.0.1:{port}"
                 await _wait_healthy(health, address + "/healthz", proc)
                 t_ready = time.perf_counter()
-                worker = Worker(id=f"baseline-{i}", profile=profile.name, address=address,
-                                token=token, ready_at=time.monotonic(), start_latency_s=0.0,
-                                pid=proc.pid)
+                worker = WorkerHandle(id=f"baseline-{i}", profile=profile.name,
+                                      address=address, token=token,
+                                      ready_at=time.monotonic(), start_latency_s=0.0,
+                                      pid=proc.pid)
                 report = await runner_client.run(worker, assignment)
                 t_done = time.perf_counter()
             except Exception as e:  # noqa: BLE001 - any failure of a call is counted

@@ -21,7 +21,7 @@ import httpx
 from gateway.api.app import Gateway, create_app
 from gateway.config.profiles import Profile
 from gateway.config.settings import Settings
-from gateway.executors.base import Executor, Worker
+from gateway.executors.base import Executor, WorkerHandle
 from gateway.kube.base import Conflict, Missing, WatchEvent
 from gateway.kube.objects import Obj
 from gateway.membership.base import Membership
@@ -53,7 +53,7 @@ class FakeExecutor(Executor):
 
     def __init__(self) -> None:
         self.runs: list[Assignment] = []
-        self.released: list[tuple[Worker, WorkerReport | None]] = []
+        self.released: list[tuple[WorkerHandle, WorkerReport | None]] = []
         self._ids = itertools.count(1)
 
     async def start(self) -> None:
@@ -65,19 +65,19 @@ class FakeExecutor(Executor):
     def check_room(self, profile: Profile) -> None:
         pass
 
-    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
-        return Worker(id=f"fake-{next(self._ids)}", profile=profile.name,
-                      address="http://fake.invalid", token="t", ready_at=time.monotonic(),
-                      start_latency_s=0.0, warm=True)
+    async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
+        return WorkerHandle(id=f"fake-{next(self._ids)}", profile=profile.name,
+                            address="http://fake.invalid", token="t",
+                            ready_at=time.monotonic(), start_latency_s=0.0, warm=True)
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         self.runs.append(assignment)
         return report()
 
-    async def cancel(self, worker: Worker) -> None:
+    async def cancel(self, worker: WorkerHandle) -> None:
         pass
 
-    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+    async def release(self, worker: WorkerHandle, report: WorkerReport | None) -> None:
         self.released.append((worker, report))
 
     async def end_attempt(self, invocation_id: str) -> bool:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.dispatch.keyed_locks import KeyedLocks
 from gateway.errors import WorkerLost, WorkerStartFailed
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.executors.kubernetes.reasons import PodFailure, start_failure, terminal_failure
 from gateway.models import REASON_STATUS, Assignment, Reason, Status, WorkerReport
 from tests.fakes import FakeExecutor, inprocess_gateway
@@ -90,7 +90,7 @@ class BrokenExecutor(FakeExecutor):
         super().__init__()
         self.broken = True
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         if not self.broken:
             return await super().run(worker, assignment)
         self.runs.append(assignment)

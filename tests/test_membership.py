@@ -21,7 +21,7 @@ from gateway.dispatch.invoke import Dispatcher, InvocationRequest, build_dispatc
 from gateway.dispatch.parts import Parts
 from gateway.dispatch.plan import make_plan
 from gateway.errors import ConfigError, InvalidInput, WorkerLost
-from gateway.executors.base import Executor, Worker
+from gateway.executors.base import Executor, WorkerHandle
 from gateway.executors.kubernetes.reasons import no_fault_of_the_code
 from gateway.ids import new_invocation_id
 from gateway.membership.base import Membership
@@ -56,20 +56,20 @@ class ScriptedExecutor(FakeExecutor):
         self.can_end_attempts = can_end_attempts
         self.events: list[tuple[str, Any]] = []
 
-    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+    async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         n = len([e for e in self.events if e[0] == "acquire"]) + 1
         self.events.append(("acquire", n))
-        return Worker(id=f"w{n}", profile=profile.name, address="http://w", token="t",
-                      ready_at=0.0, start_latency_s=0.0)
+        return WorkerHandle(id=f"w{n}", profile=profile.name, address="http://w", token="t",
+                            ready_at=0.0, start_latency_s=0.0)
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         self.events.append(("run", assignment.attempt))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, WorkerLost):
             raise outcome
         return outcome
 
-    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+    async def release(self, worker: WorkerHandle, report: WorkerReport | None) -> None:
         self.events.append(("release", worker.id))
 
     async def end_attempt(self, invocation_id: str) -> bool:

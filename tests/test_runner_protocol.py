@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from gateway.errors import BadWorkerReport, WorkerFailure, WorkerLost
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.executors.runner_client import RunnerClient, parse_report
 from gateway.models import ArtifactLimits, Assignment, Reason, RunLimits
 from tests.support import ROOT, free_port, wait_until
@@ -149,8 +149,9 @@ async def test_the_runner_client_validates_the_answer(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     client = RunnerClient(grace_s=5)
-    worker = Worker(id="w-1", profile="p", address=f"http://127.0.0.1:{server.server_port}",
-                    token=TOKEN, ready_at=0.0, start_latency_s=0.0)
+    worker = WorkerHandle(id="w-1", profile="p",
+                          address=f"http://127.0.0.1:{server.server_port}", token=TOKEN,
+                          ready_at=0.0, start_latency_s=0.0)
     try:
         _Answer.body = json.dumps({**GOOD, "protocol": 7}).encode()
         with pytest.raises(BadWorkerReport, match="protocol 7"):

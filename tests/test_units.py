@@ -15,7 +15,7 @@ from gateway.config.profiles import load_profiles
 from gateway.config.settings import Settings
 from gateway.dispatch.plan import make_plan
 from gateway.errors import CallbackRefused, InvalidInput, PayloadTooLarge, QueueFull
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.executors.pool import WarmPool
 from gateway.ids import is_invocation_id, new_invocation_id
 from gateway.models import InvocationCreate
@@ -78,23 +78,23 @@ def test_plan_defaults_and_limits() -> None:
         _plan(code="x", stdin="y" * (2 * 1024 * 1024))
 
 
-def _worker(n: int) -> Worker:
-    return Worker(id=f"w{n}", profile="p", address="http://x", token="t",
-                  ready_at=time.monotonic(), start_latency_s=0.01)
+def _worker(n: int) -> WorkerHandle:
+    return WorkerHandle(id=f"w{n}", profile="p", address="http://x", token="t",
+                        ready_at=time.monotonic(), start_latency_s=0.01)
 
 
 def test_pool_warm_then_cold_and_bounded_queue() -> None:
     async def main() -> None:
         made = 0
 
-        async def spawn() -> Worker:
+        async def spawn() -> WorkerHandle:
             nonlocal made
             made += 1
             number = made
             await asyncio.sleep(0.01)
             return _worker(number)
 
-        async def discard(w: Worker) -> None:
+        async def discard(w: WorkerHandle) -> None:
             pass
 
         pool = WarmPool("p", executor="test", spawn=spawn, discard=discard,

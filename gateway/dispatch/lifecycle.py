@@ -24,7 +24,7 @@ from gateway.errors import (
     WorkerFailure,
     WorkerLost,
 )
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.executors.runner_client import WorkerUnreachable
 from gateway.models import InvocationCreate, InvocationRecord, Reason, Status, WorkerReport
 
@@ -168,7 +168,7 @@ class Lifecycle:
 
         live.pending_writes.append(asyncio.create_task(save()))
 
-    async def finish(self, live: LiveInvocation, worker: Worker | None,
+    async def finish(self, live: LiveInvocation, worker: WorkerHandle | None,
                      report: WorkerReport | None) -> None:
         """Store the final record, release the worker, answer the waiter, queue the
         callback."""

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from gateway.dispatch.plan import Plan
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.models import InvocationCreate, InvocationRecord
 
 
@@ -18,7 +18,7 @@ class LiveInvocation:
     accepted_at: float  # monotonic
     done: asyncio.Future[InvocationRecord]
     task: asyncio.Task[None] | None = None
-    worker: Worker | None = None
+    worker: WorkerHandle | None = None
     cancel_requested: bool = False
     abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
     pending_writes: list[asyncio.Task[None]] = field(default_factory=list)

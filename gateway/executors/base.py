@@ -12,8 +12,10 @@ from gateway.models import Assignment, PoolState, WorkerReport
 
 
 @dataclass
-class Worker:
-    """One single-use worker, from the moment it is ready to serve."""
+class WorkerHandle:
+    """The gateway's handle on one single-use worker, from the moment it is ready to
+    serve: where its runner listens, the token it takes, where it came from. An executor
+    hands it out (acquire) and takes it back (run, cancel, release)."""
 
     id: str
     profile: str
@@ -44,20 +46,20 @@ class Executor(ABC):
         """Raise QueueFull when the profile's queue has no room (admission)."""
 
     @abstractmethod
-    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+    async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         """A ready worker of the profile, claimed for this invocation: warm from the pool,
         or started for this call."""
 
     @abstractmethod
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         """Send the assignment and wait for the report. Raises WorkerLost."""
 
     @abstractmethod
-    async def cancel(self, worker: Worker) -> None:
+    async def cancel(self, worker: WorkerHandle) -> None:
         """Stop a running worker; its run() then reports Cancelled or raises WorkerLost."""
 
     @abstractmethod
-    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+    async def release(self, worker: WorkerHandle, report: WorkerReport | None) -> None:
         """The worker is done (single use): clean up what it leaves behind."""
 
     @abstractmethod

@@ -21,15 +21,15 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gateway.errors import QueueFull, WorkerStartFailed
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.models import PoolState
 from gateway.supervise import TaskSet
 
 log = logging.getLogger("jobgate.pool")
 
-SpawnFn = Callable[[], Awaitable[Worker]]
-DiscardFn = Callable[[Worker], Awaitable[None]]
-AliveFn = Callable[[Worker], bool]
+SpawnFn = Callable[[], Awaitable[WorkerHandle]]
+DiscardFn = Callable[[WorkerHandle], Awaitable[None]]
+AliveFn = Callable[[WorkerHandle], bool]
 
 
 class RateLimiter:
@@ -127,8 +127,8 @@ class WarmPool:
         self.max_idle_age_s = max_idle_age_s
         self._limiter = RateLimiter(spawn_rate, max(1, spawn_parallelism))
         self._parallelism = spawn_parallelism
-        self._idle: collections.deque[Worker] = collections.deque()
-        self._waiters: collections.deque[asyncio.Future[Worker]] = collections.deque()
+        self._idle: collections.deque[WorkerHandle] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[WorkerHandle]] = collections.deque()
         self._starting = 0
         self._busy = 0
         self._kick = asyncio.Event()
@@ -156,7 +156,7 @@ class WarmPool:
             retry_after=max(1, math.ceil(self.sizer.start_latency.value * 2)),
         )
 
-    async def acquire(self) -> Worker:
+    async def acquire(self) -> WorkerHandle:
         self.sizer.arrival()
         if self._busy < self.max_concurrency:
             while self._idle:
@@ -170,7 +170,7 @@ class WarmPool:
                 self._kick.set()
                 return worker
         self.check_room()
-        fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._kick.set()
         try:
@@ -185,7 +185,7 @@ class WarmPool:
         self.cold_starts += 1
         return worker
 
-    def release(self, worker: Worker | None = None, *, reuse: bool = False) -> None:
+    def release(self, worker: WorkerHandle | None = None, *, reuse: bool = False) -> None:
         """A claimed worker is done. Workers are single-use: only a worker that never ran
         anything (a cancelled wait) goes back to the pool."""
         self._busy -= 1
@@ -194,7 +194,7 @@ class WarmPool:
         self._serve_waiters()
         self._kick.set()
 
-    def _offer(self, worker: Worker) -> None:
+    def _offer(self, worker: WorkerHandle) -> None:
         """A worker became ready: give it to the first waiter, or keep it idle."""
         while self._waiters and self._busy < self.max_concurrency:
             fut = self._waiters.popleft()

@@ -9,7 +9,7 @@ import orjson
 from pydantic import ValidationError
 
 from gateway.errors import BadWorkerReport, WorkerLost
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.models import RUNNER_PROTOCOL, Assignment, WorkerReport
 
 RUN_PATH = "/v1/run"
@@ -51,7 +51,7 @@ class RunnerClient:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         timeout = httpx.Timeout(assignment.timeout_s + self._grace_s, connect=5.0)
         body = orjson.dumps(assignment.model_dump(mode="json"))
         try:

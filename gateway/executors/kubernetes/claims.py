@@ -13,7 +13,7 @@ import time
 from gateway.config.profiles import Profile
 from gateway.config.settings import KubernetesSettings
 from gateway.errors import QueueFull, WorkerStartFailed
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.executors.kubernetes.jobs import WorkerJobs
 from gateway.executors.kubernetes.pods import Pod, claim_patch
 from gateway.executors.kubernetes.pools import Pools, ProfilePool
@@ -40,7 +40,7 @@ class Claims:
                             {"profile": profile.name, "queue_size": pool.queue_size},
                             retry_after=max(1, math.ceil(pool.sizer.start_latency.value)))
 
-    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+    async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         pool = self.pools[profile.name]
         hint = label_value(invocation_id)
         worker = await self._try_claim(pool, hint)
@@ -58,7 +58,7 @@ class Claims:
         pool.cold_starts += 1
         return worker
 
-    async def _try_claim(self, pool: ProfilePool, invocation_label: str) -> Worker | None:
+    async def _try_claim(self, pool: ProfilePool, invocation_label: str) -> WorkerHandle | None:
         for pod in pool.idle_ready():
             try:
                 raw = await self.api.patch_pod(
@@ -67,14 +67,14 @@ class Claims:
                 continue  # another replica won this one, or it just went away
             claimed = Pod(raw)
             self.tracker.saw(claimed)
-            return Worker(id=claimed.name, profile=pool.profile.name,
-                          address=f"http://{claimed.ip}:{self.settings.runner_port}",
-                          token=claimed.token or "", ready_at=time.monotonic(),
-                          start_latency_s=pool.sizer.start_latency.value,
-                          meta={"job": claimed.job or ""})
+            return WorkerHandle(id=claimed.name, profile=pool.profile.name,
+                                address=f"http://{claimed.ip}:{self.settings.runner_port}",
+                                token=claimed.token or "", ready_at=time.monotonic(),
+                                start_latency_s=pool.sizer.start_latency.value,
+                                meta={"job": claimed.job or ""})
         return None
 
-    async def _wait_cold(self, pool: ProfilePool, invocation_label: str) -> Worker:
+    async def _wait_cold(self, pool: ProfilePool, invocation_label: str) -> WorkerHandle:
         """Start a worker for this call (capped) and claim the first that becomes ready."""
         job: str | None = None
         if pool.cold_inflight < self.settings.cold_start_concurrency \

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from gateway.config.profiles import Profile, ProfileCatalog
 from gateway.config.settings import Settings
 from gateway.errors import ExecutorUnavailable
-from gateway.executors.base import Executor, Worker
+from gateway.executors.base import Executor, WorkerHandle
 from gateway.executors.kubernetes.claims import Claims
 from gateway.executors.kubernetes.controller import PoolController
 from gateway.executors.kubernetes.endings import PodEndings
@@ -120,18 +120,18 @@ class KubernetesExecutor(Executor):
     def check_room(self, profile: Profile) -> None:
         self._started.claims.check_room(profile)
 
-    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+    async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         return await self._started.claims.acquire(profile, invocation_id)
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         """Send the assignment; meanwhile watch the pod, so a pod that dies, is evicted or
         OOM-killed ends the wait at once with the reason its status gives."""
         return await self._started.runs.run(worker, assignment)
 
-    async def cancel(self, worker: Worker) -> None:
+    async def cancel(self, worker: WorkerHandle) -> None:
         await self._started.runs.cancel(worker)
 
-    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+    async def release(self, worker: WorkerHandle, report: WorkerReport | None) -> None:
         await self._started.runs.release(worker, report)
 
     # -- recovery -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import contextlib
 from typing import Any
 
 from gateway.errors import WorkerLost
-from gateway.executors.base import Worker
+from gateway.executors.base import WorkerHandle
 from gateway.executors.kubernetes.endings import Ending, PodEndings
 from gateway.executors.kubernetes.jobs import WorkerJobs
 from gateway.executors.runner_client import RunnerClient
@@ -27,7 +27,7 @@ class Runs:
         self.jobs = jobs
         self._cancelled: set[str] = set()  # workers this replica stopped (a cancel)
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         with self.endings.watch(worker.id) as gone:
             call = asyncio.create_task(self.client.run(worker, assignment))
             try:
@@ -72,12 +72,12 @@ class Runs:
         raise WorkerLost(ending.message, reason=ending.reason,
                          no_fault_of_the_code=ending.no_fault_of_the_code)
 
-    async def cancel(self, worker: Worker) -> None:
+    async def cancel(self, worker: WorkerHandle) -> None:
         if job := worker.meta.get("job"):
             self._cancelled.add(worker.id)
             await self.jobs.delete(job)
 
-    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+    async def release(self, worker: WorkerHandle, report: WorkerReport | None) -> None:
         """A worker that reported exits by itself and its Job is removed by its TTL: no API
         write. A lost one is deleted, so nothing of it lingers."""
         self._cancelled.discard(worker.id)

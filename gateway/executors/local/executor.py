@@ -16,7 +16,7 @@ from pathlib import Path
 from gateway.config.profiles import Profile, ProfileCatalog
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError, ExecutorUnavailable
-from gateway.executors.base import Executor, Worker
+from gateway.executors.base import Executor, WorkerHandle
 from gateway.executors.local.processes import (
     RunnerLedger,
     end_process,
@@ -156,7 +156,7 @@ class LocalExecutor(Executor):
             # alone, and gone with us.
             await asyncio.to_thread(shutil.rmtree, self.workspace_root, True)
 
-    async def _start_worker(self, profile: Profile) -> Worker:
+    async def _start_worker(self, profile: Profile) -> WorkerHandle:
         t0 = time.monotonic()
         uid = self._uids.take() if self._uids else None
         try:
@@ -174,11 +174,12 @@ class LocalExecutor(Executor):
             self._pidfds[worker_id] = os.pidfd_open(pid)
         self.runners.add(pid)
         now = time.monotonic()
-        return Worker(id=worker_id, profile=profile.name, address=f"http://127.0.0.1:{port}",
-                      token=token, ready_at=now, start_latency_s=now - t0, pid=pid, uid=uid,
-                      meta={"network_isolated": str(isolated).lower()})
+        return WorkerHandle(id=worker_id, profile=profile.name,
+                            address=f"http://127.0.0.1:{port}", token=token, ready_at=now,
+                            start_latency_s=now - t0, pid=pid, uid=uid,
+                            meta={"network_isolated": str(isolated).lower()})
 
-    def _alive(self, worker: Worker) -> bool:
+    def _alive(self, worker: WorkerHandle) -> bool:
         try:
             os.kill(worker.pid or 0, 0)
         except ProcessLookupError:
@@ -187,7 +188,7 @@ class LocalExecutor(Executor):
             return True
         return True
 
-    async def _discard(self, worker: Worker) -> None:
+    async def _discard(self, worker: WorkerHandle) -> None:
         self.runners.remove(worker.pid)
         pidfd = self._pidfds.pop(worker.id, None)
         if pidfd is not None:
@@ -197,7 +198,7 @@ class LocalExecutor(Executor):
             os.close(pidfd)
         self._give_back_uid(worker)
 
-    def _give_back_uid(self, worker: Worker) -> None:
+    def _give_back_uid(self, worker: WorkerHandle) -> None:
         if worker.uid is not None and self._uids:
             self._uids.give_back(worker.uid)
             worker.uid = None
@@ -207,21 +208,21 @@ class LocalExecutor(Executor):
     def check_room(self, profile: Profile) -> None:
         self._pools[profile.name].check_room()
 
-    async def acquire(self, profile: Profile, invocation_id: str) -> Worker:
+    async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         return await self._pools[profile.name].acquire()
 
-    async def run(self, worker: Worker, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
         # The worker keeps its workspace when the gateway stores outputs from it
         # (assignment.keep_workspace, set by gateway.dispatch.outputs).
         return await self._client.run(worker, assignment)
 
-    async def cancel(self, worker: Worker) -> None:
+    async def cancel(self, worker: WorkerHandle) -> None:
         # The runner kills the code's process group on SIGTERM and reports Cancelled.
         if worker.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
 
-    async def release(self, worker: Worker, report: WorkerReport | None) -> None:
+    async def release(self, worker: WorkerHandle, report: WorkerReport | None) -> None:
         pool = self._pools[worker.profile]
         pool.release(worker)
         self.runners.remove(worker.pid)
