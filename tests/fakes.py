@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from gateway.api.app import Gateway, create_app
+from gateway.api.app import create_app
+from gateway.api.state import Gateway, gateway_of
 from gateway.config.profiles import Profile
 from gateway.config.settings import Settings
 from gateway.executors.base import Executor, WorkerHandle
@@ -108,7 +109,7 @@ async def inprocess_gateway(tmp: Path, executor: Executor) -> AsyncIterator[InPr
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test",
                                      timeout=30) as client:
-            yield InProcessGateway(client, app.state.jobgate)
+            yield InProcessGateway(client, gateway_of(app))
 
 
 class FakeMembership(Membership):

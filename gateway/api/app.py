@@ -11,7 +11,6 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.api.errors import HANDLERS
 from gateway.api.openapi import build_openapi
 from gateway.api.routes import ROUTES
+from gateway.api.state import Gateway, attach, gateway_of
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.keys import KeyRing
 from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
-from gateway.config.profiles import ProfileCatalog, load_profiles
+from gateway.config.profiles import load_profiles
 from gateway.config.settings import Settings
-from gateway.dispatch.invoke import Dispatcher, build_dispatcher
+from gateway.dispatch.invoke import build_dispatcher
 from gateway.dispatch.parts import Parts
 from gateway.executors import make_executor
 from gateway.executors.base import Executor
 from gateway.membership import make_membership
-from gateway.membership.base import Membership
 from gateway.metrics.registry import Metrics
 from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
@@ -55,23 +54,6 @@ def jobgate_version() -> str:
 
 class StartupError(RuntimeError):
     """A configuration that must not serve (said plainly, without a traceback)."""
-
-
-@dataclass
-class Gateway:
-    """Everything a request handler may use, built once per app."""
-
-    settings: Settings
-    profiles: ProfileCatalog
-    auth: Authenticator
-    metrics: Metrics
-    store: ObjectStore
-    records: InvocationStore
-    membership: Membership
-    executor: Executor
-    deliverer: CallbackDeliverer
-    service: Dispatcher
-    janitor: Janitor
 
 
 def _server_callback_secret(settings: Settings) -> str:
@@ -145,13 +127,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            gw: Gateway | None = getattr(scope["app"].state, "jobgate", None)
-            if gw is not None:
-                endpoint = scope.get("endpoint")
-                route = getattr(endpoint, "__name__", "unmatched")
-                gw.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
-                gw.metrics.http_duration.labels(scope["method"], route).observe(
-                    time.perf_counter() - start)
+            metrics = gateway_of(scope["app"]).metrics
+            route = getattr(scope.get("endpoint"), "__name__", "unmatched")
+            metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            metrics.http_duration.labels(scope["method"], route).observe(
+                time.perf_counter() - start)
 
 
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None,
@@ -192,10 +172,9 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
             await gateway.store.close()
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
-    app.state.jobgate = gateway
-    app.state.openapi = build_openapi(jobgate_version(), ROUTES,
-                                      profiles=gateway.profiles.names(),
-                                      sync_wait_s=settings.sync_wait_s)
+    attach(app, gateway, build_openapi(jobgate_version(), ROUTES,
+                                       profiles=gateway.profiles.names(),
+                                       sync_wait_s=settings.sync_wait_s))
     app.add_middleware(RequestMetrics)
     return app
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import zipfile
 from collections.abc import AsyncIterator
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response, S
 from starlette.routing import Route
 
 from gateway.api.responses import JSONResponse, answer
+from gateway.api.state import gateway_of, openapi_of
 from gateway.config.profiles import ProfileList
 from gateway.dispatch.invoke import InvocationRequest
 from gateway.errors import (
@@ -49,13 +50,8 @@ from gateway.models import (
 INV = "/v1/invocations"
 
 
-def _app(request: Request) -> Any:
-    return request.app.state.jobgate
-
-
 def _tenant(request: Request) -> str:
-    tenant: str = _app(request).auth.tenant(request)
-    return tenant
+    return gateway_of(request.app).auth.tenant(request)
 
 
 def _invocation_id(request: Request) -> str:
@@ -65,7 +61,7 @@ def _invocation_id(request: Request) -> str:
     return value
 
 
-async def _read_json(request: Request, limit: int) -> tuple[Any, bytes]:
+async def _read_json(request: Request, limit: int) -> tuple[object, bytes]:
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("send the body as application/json",
@@ -96,13 +92,13 @@ def _accepted(record: InvocationRecord) -> Response:
 
 
 async def create_invocation(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant = _tenant(request)
-    data, raw = await _read_json(request, app.settings.max_request_bytes)
+    data, raw = await _read_json(request, gw.settings.max_request_bytes)
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
     req = InvocationCreate.model_validate(data)
-    outcome = await app.service.invoke(InvocationRequest(
+    outcome = await gw.service.invoke(InvocationRequest(
         tenant, req, raw, request.headers.get("idempotency-key")))
     if not outcome.finished:
         return _accepted(outcome.record)
@@ -110,7 +106,7 @@ async def create_invocation(request: Request) -> Response:
 
 
 async def list_invocations(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant = _tenant(request)
     q = request.query_params
     status = None
@@ -129,7 +125,7 @@ async def list_invocations(request: Request) -> Response:
     cursor = q.get("cursor") or None
     if cursor is not None and not is_invocation_id(cursor):
         raise InvalidInput("invalid cursor")
-    records, next_cursor = await app.records.list_page(
+    records, next_cursor = await gw.records.list_page(
         tenant, status=status, profile=q.get("profile") or None, cursor=cursor, limit=limit)
     items = [InvocationSummary.model_validate(r, from_attributes=True) for r in records]
     return answer(InvocationPage(items=items, next_cursor=next_cursor))
@@ -137,7 +133,7 @@ async def list_invocations(request: Request) -> Response:
 
 async def get_invocation(request: Request) -> Response:
     """``?wait=S`` long-polls: answers once the invocation ends, or after S seconds."""
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
     wait = request.query_params.get("wait")
     if wait is not None:
@@ -145,20 +141,20 @@ async def get_invocation(request: Request) -> Response:
             wait_s = float(wait)
         except ValueError:
             raise InvalidInput("wait must be a number of seconds") from None
-        if not 0 <= wait_s <= app.settings.sync_wait_s:
-            raise InvalidInput(f"wait must be between 0 and {app.settings.sync_wait_s:g}")
-        record = await app.service.wait_for(tenant, inv, wait_s)
+        if not 0 <= wait_s <= gw.settings.sync_wait_s:
+            raise InvalidInput(f"wait must be between 0 and {gw.settings.sync_wait_s:g}")
+        record = await gw.service.wait_for(tenant, inv, wait_s)
     else:
-        record = await app.service.get(tenant, inv)
+        record = await gw.service.get(tenant, inv)
     return answer(record.public(INV))
 
 
 async def get_logs(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
-    record = await app.service.get(tenant, inv)
+    record = await gw.service.get(tenant, inv)
     if record.status.terminal:
-        stdout, stderr = await app.records.logs(tenant, inv)
+        stdout, stderr = await gw.records.logs(tenant, inv)
     else:
         stdout, stderr = "", ""
     stream = request.query_params.get("stream")
@@ -172,25 +168,25 @@ async def get_logs(request: Request) -> Response:
 
 
 async def list_artifacts(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
-    record = await app.service.get(tenant, inv)
+    record = await gw.service.get(tenant, inv)
     return answer(ArtifactList(items=record.public(INV).artifacts))
 
 
 async def get_artifact(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
     name = request.path_params["name"]
-    record = await app.service.get(tenant, inv)
+    record = await gw.service.get(tenant, inv)
     artifact = next((a for a in record.artifacts if a.name == name), None)
     if artifact is None:
         raise ArtifactNotFound(f"invocation {inv} has no artifact {name!r}")
-    url = await app.records.artifact_url(tenant, inv, name,
-                                         expires_s=app.settings.s3.presign_ttl_s)
+    url = await gw.records.artifact_url(tenant, inv, name,
+                                         expires_s=gw.settings.s3.presign_ttl_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    stream = app.records.artifact_stream(tenant, inv, name)
+    stream = gw.records.artifact_stream(tenant, inv, name)
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -234,9 +230,9 @@ class _ZipSink:
 
 async def get_artifacts_zip(request: Request) -> Response:
     """Streams: memory holds one chunk at a time, never a whole file."""
-    app = _app(request)
+    gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
-    record = await app.service.get(tenant, inv)
+    record = await gw.service.get(tenant, inv)
 
     async def body() -> AsyncIterator[bytes]:
         sink = _ZipSink()
@@ -244,7 +240,7 @@ async def get_artifacts_zip(request: Request) -> Response:
             for artifact in record.artifacts:
                 with zf.open(artifact.name, "w", force_zip64=artifact.size > 2**31) as entry:
                     try:
-                        async for chunk in app.records.artifact_stream(tenant, inv,
+                        async for chunk in gw.records.artifact_stream(tenant, inv,
                                                                        artifact.name):
                             entry.write(chunk)
                             if sink.parts:
@@ -260,19 +256,19 @@ async def get_artifacts_zip(request: Request) -> Response:
 
 async def presign_uploads(request: Request) -> Response:
     """Internal: a worker asks where to upload its artifacts (S3 storage)."""
-    app = _app(request)
+    gw = gateway_of(request.app)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         raise Unauthorized("missing upload token")
     data, _ = await _read_json(request, 4 * 1024 * 1024)
     listing = ArtifactListing.model_validate(data)
-    urls = await app.service.presign_artifacts(token.strip(), _invocation_id(request), listing)
+    urls = await gw.service.presign_artifacts(token.strip(), _invocation_id(request), listing)
     return JSONResponse({"urls": urls})
 
 
 async def cancel_invocation(request: Request) -> Response:
-    app = _app(request)
-    record = await app.service.cancel(_tenant(request), _invocation_id(request))
+    gw = gateway_of(request.app)
+    record = await gw.service.cancel(_tenant(request), _invocation_id(request))
     return answer(record.public(INV))
 
 
@@ -280,15 +276,15 @@ async def cancel_invocation(request: Request) -> Response:
 
 
 async def list_profiles(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     _tenant(request)
-    return answer(ProfileList(items=app.profiles.all()))
+    return answer(ProfileList(items=gw.profiles.all()))
 
 
 async def list_pools(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     _tenant(request)
-    return answer(PoolList(items=app.executor.pools()))
+    return answer(PoolList(items=gw.executor.pools()))
 
 
 async def healthz(request: Request) -> Response:
@@ -296,12 +292,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     checks: dict[str, str] = {}
-    ready = app.service.accepting
+    ready = gw.service.accepting
     if not ready:
         checks["gateway"] = "shutting down"
-    for name, check in (("storage", app.store.check), ("executor", app.executor.check)):
+    for name, check in (("storage", gw.store.check), ("executor", gw.executor.check)):
         try:
             await asyncio.wait_for(check(), 5)
             checks[name] = "ok"
@@ -312,21 +308,21 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    app = _app(request)
+    gw = gateway_of(request.app)
     calls: dict[str, int] = {}
-    for part in (app.executor, app.membership):
+    for part in (gw.executor, gw.membership):
         for verb, count in part.api_calls.items():
             calls[verb] = calls.get(verb, 0) + count
     for verb, count in calls.items():
-        app.metrics.k8s_api_calls.labels(verb).set(count)
-    for pool in app.executor.pools():
+        gw.metrics.k8s_api_calls.labels(verb).set(count)
+    for pool in gw.executor.pools():
         for state in ("idle", "starting", "busy", "queued"):
-            app.metrics.pool_workers.labels(pool.profile, state).set(getattr(pool, state))
-    return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            gw.metrics.pool_workers.labels(pool.profile, state).set(getattr(pool, state))
+    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(request.app.state.openapi)
+    return JSONResponse(openapi_of(request.app))
 
 
 ROUTES = [
