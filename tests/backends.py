@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.support import ROOT
 
@@ -74,17 +75,54 @@ def kubectl(cluster: object, *args: str, stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def kubernetes_env(cluster: object, work: Path, namespace: str | None = None
-                   ) -> tuple[dict[str, str], str]:
+# Test-only pod requests: 250 pods fit the 2-core test node (requests count, limits do not).
+K8S_REQUESTS = "request_cpu = 0.005\nrequest_memory_mb = 48\n"
+
+
+# Two more for the node's own tests (tests/test_kubernetes_node.py): a container limit
+# lower than any rlimit, so the kernel's OOM killer is what stops a hog; and the network.
+K8S_EXTRA_PROFILES = """
+[profiles.hog]
+image = "jobgate/runtime-python3.11:0.1.0"
+language = "python"
+command = ["python3", "{entrypoint}"]
+default_entrypoint = "main.py"
+memory_mode = "none"
+default_memory_mb = 96
+max_memory_mb = 96
+pool = { min = 0, max = 1 }
+
+[profiles.online]
+image = "jobgate/runtime-python3.11:0.1.0"
+language = "python"
+command = ["python3", "{entrypoint}"]
+default_entrypoint = "main.py"
+network = true
+pool = { min = 0, max = 1 }
+"""
+
+
+def kubernetes_profiles() -> str:
+    """TEST_PROFILES and K8S_EXTRA_PROFILES with tiny pod requests in every profile."""
+    profiles = TEST_PROFILES + K8S_EXTRA_PROFILES
+    return profiles.replace("\npool = ", "\n" + K8S_REQUESTS + "pool = ")
+
+
+def kubernetes_env(cluster: Any, work: Path, *, s3_port: int, gateway_port: int,
+                   namespace: str | None = None) -> tuple[dict[str, str], str]:
     """A namespace with the gateway's Role (helm/rbac.yaml), and the environment that runs
-    a gateway in it as that ServiceAccount: a verb missing from the Role fails the tests."""
+    a gateway in it as that ServiceAccount: a verb missing from the Role fails the tests.
+
+    The gateway (on gateway_port) and S3 (on s3_port) listen on loopback; workers reach
+    them through forwarders on the node's services address, the one address their
+    default-deny NetworkPolicy lets them reach."""
     namespace = namespace or f"jobgate-{uuid.uuid4().hex[:8]}"
     kubectl(cluster, "create", "namespace", namespace)
     kubectl(cluster, "apply", "-n", namespace, "-f", str(ROOT / "helm" / "rbac.yaml"))
-    sa_kubeconfig = cluster.kubeconfig_for_service_account(namespace, "jobgate")  # type: ignore[attr-defined]
+    sa_kubeconfig = cluster.kubeconfig_for_service_account(namespace, "jobgate")
     profiles = work / "profiles.toml"
-    profiles.write_text(TEST_PROFILES)
-    return {
+    profiles.write_text(kubernetes_profiles())
+    env = {
         "JOBGATE_EXECUTOR": "kubernetes",
         "JOBGATE_K8S_NAMESPACE": namespace,
         "JOBGATE_K8S_KUBECONFIG": str(sa_kubeconfig),
@@ -92,9 +130,21 @@ def kubernetes_env(cluster: object, work: Path, namespace: str | None = None
         "JOBGATE_K8S_IMAGE_PULL_GRACE_S": "3",
         "JOBGATE_K8S_JOB_TTL_S": "5",
         "JOBGATE_K8S_LEASE_DURATION_S": "6",
+        # The images are imported on the node. Never pull: there is no registry, and a
+        # missing image must not send the kubelet out to one.
+        "JOBGATE_K8S_IMAGE_PULL_POLICY": "Never",
         # 200 workers cold-starting on a 2-core test node take longer than the default.
         "JOBGATE_SYNC_WAIT_S": "300",
-    }, namespace
+    }
+    if cluster.local:
+        s3 = cluster.expose_to_pods(s3_port)
+        worker_gateway = cluster.expose_to_pods(gateway_port)
+        env.update({
+            "JOBGATE_S3_ENDPOINT": f"http://{s3}",
+            "JOBGATE_WORKER_GATEWAY_URL": f"http://{worker_gateway}",
+            "JOBGATE_K8S_EGRESS_CIDRS": f"{s3.split(':')[0]}/32",
+        })
+    return env, namespace
 
 
 def local_profiles_env(work: Path) -> dict[str, str]:
