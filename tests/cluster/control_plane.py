@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from tests.cluster import kubeconfig
 from tests.cluster.kube_client import KubeClient, KubeError
-from tests.cluster.node import NODE_NAME, RealNode
+from tests.cluster.node import NODE_NAME, SERVICE_CIDR, RealNode
 from tests.cluster.pki import CertificateAuthority, service_account_keys
 from tests.cluster.processes import (
     ManagedProcess,
@@ -166,7 +166,7 @@ class TestControlPlane:
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={sa.cert_path}",
             f"--service-account-signing-key-file={sa.key_path}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             # The API server listens on 127.0.0.1 only, which no pod can reach: the
             # `kubernetes` Service gets no endpoints rather than a wrong one.
             "--endpoint-reconciler-type=none",

@@ -3,6 +3,7 @@
     python -m tests.cluster up   [--dir .jobgate/cluster]  # start, wait until ready
     python -m tests.cluster down [--dir .jobgate/cluster]  # stop, clean up
     python -m tests.cluster status
+    python -m tests.cluster images                        # build (or reuse) every image
 
 `up` installs the node's packages, builds the binaries and the images (in the foreground),
 then starts `serve` detached (its own session, output in <dir>/cluster.log). `serve` runs
@@ -170,12 +171,19 @@ def status(files: Files) -> int:
     return 0
 
 
+def images(_files: Files) -> int:
+    ensure_node_packages()
+    for tag, archive in build_all().items():
+        print(f"{tag}\t{archive}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster",
                                      description="jobgate's test Kubernetes control plane")
-    parser.add_argument("command", choices=("up", "down", "serve", "status"))
+    parser.add_argument("command", choices=("up", "down", "serve", "status", "images"))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args(argv)
     files = Files(args.dir)
-    commands = {"up": up, "down": down, "serve": serve, "status": status}
+    commands = {"up": up, "down": down, "serve": serve, "status": status, "images": images}
     return commands[args.command](files)

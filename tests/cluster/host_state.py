@@ -143,8 +143,8 @@ def delete_runc_containers(bundle_root: Path) -> None:
 
 
 IPTABLES = ("iptables", "ip6tables")
-# Chains the node's daemons make: the kubelet's, kube-proxy's and kube-router's.
-OUR_CHAIN_PREFIXES = ("KUBE-",)
+# Chains the node's daemons make (the kubelet's, kube-proxy's, kube-router's) and its own.
+OUR_CHAIN_PREFIXES = ("KUBE-", "JOBGATE-")
 
 
 def _iptables(binary: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -38,6 +38,8 @@ POD_CIDR = "10.88.0.0/16"
 # still deny the node's own services (the kubelet on NODE_IP).
 SERVICES_IP = "10.88.0.2"
 POD_RANGE_START = "10.88.1.1"
+SERVICE_CIDR = "10.0.0.0/24"  # the API server's --service-cluster-ip-range
+FENCE_CHAIN = "JOBGATE-NODE-FENCE"
 RUN_DIR = Path("/run/jobgate-node")
 LOCK_PATH = Path("/run/jobgate-node.lock")
 READY_TIMEOUT_S = 90.0
@@ -116,6 +118,7 @@ class RealNode:
             str(self.bin_dir / "kube-router"), f"--kubeconfig={self.admin_kubeconfig}",
             f"--hostname-override={NODE_NAME}", "--run-firewall=true", "--run-router=false",
             "--run-service-proxy=false", "--enable-cni=false", "--metrics-port=0",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--health-port=0", "--v=1"])
         router.start()
         self._remember(router)
@@ -153,6 +156,15 @@ class RealNode:
         _sh("ip", "addr", "add", f"{NODE_IP}/16", "dev", BRIDGE)
         _sh("ip", "addr", "add", f"{SERVICES_IP}/32", "dev", BRIDGE)
         _sh("ip", "link", "set", BRIDGE, "up")
+        # A Service address kube-proxy has not (yet) translated must not leave the machine
+        # by its default route: to the bridge, where nobody answers for it.
+        _sh("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE)
+        # Nor may any pod's packet leave it (the bridge plugin turns ip_forward on): pods
+        # talk to the node and to each other, nothing else.
+        _sh("iptables", "-w", "5", "-N", FENCE_CHAIN)
+        _sh("iptables", "-w", "5", "-A", FENCE_CHAIN, "-d", POD_CIDR, "-j", "RETURN")
+        _sh("iptables", "-w", "5", "-A", FENCE_CHAIN, "-j", "REJECT")
+        _sh("iptables", "-w", "5", "-I", "FORWARD", "-s", POD_CIDR, "-j", FENCE_CHAIN)
         # Bridged pod-to-pod packets must cross iptables, or no policy sees them.
         for name in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
             host_state.write_sysctl(name, "1")

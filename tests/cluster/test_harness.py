@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -215,6 +217,36 @@ async def test_a_pod_process_is_reachable_on_its_pod_ip(
     assert answer.status_code == 200 and answer.text.strip() == "web"
 
 
+async def test_a_service_routes_to_its_pod_through_kube_proxy(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "svc-web",
+                                                       "labels": {"app": "svc-web"}},
+        "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "web", "image": IMAGE, "imagePullPolicy": "Never",
+            "command": ["python3", "-m", "http.server", "8080", "--directory", "/etc"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        }]},
+    })
+    service = await kube.create(f"/api/v1/namespaces/{ns}/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "svc-web"},
+                 "ports": [{"port": 80, "targetPort": "http"}]}})
+    cluster_ip = service["spec"]["clusterIP"]
+
+    async def answers() -> str | None:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                reply = await client.get(f"http://{cluster_ip}/hostname")
+        except httpx.HTTPError:
+            return None
+        return reply.text.strip() if reply.status_code == 200 else None
+    assert await eventually("the Service to route", answers) == "svc-web"
+
+
 async def test_the_node_is_a_real_kubelet_on_containerd(
     k8s_cluster: K8sCluster, kube: KubeClient
 ) -> None:
@@ -227,8 +259,12 @@ async def test_the_node_is_a_real_kubelet_on_containerd(
     addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
     assert addresses["InternalIP"] == NODE_IP
     assert condition(node, "Ready") and not node["spec"].get("taints")
-    images = {name for image in node["status"]["images"] for name in image["names"]}
-    assert {image.tag for image in RUNTIME_IMAGES} <= images
+
+    async def images() -> set[str] | None:  # the kubelet reports them a little later
+        found = await kube.get(f"/api/v1/nodes/{k8s_cluster.node_name}")
+        names = {n for image in found["status"].get("images") or [] for n in image["names"]}
+        return names if {image.tag for image in RUNTIME_IMAGES} <= names else None
+    await eventually("the node to report the runtime images", images)
 
 
 async def test_field_validation_rejects_a_malformed_job(kube: KubeClient, ns: str) -> None:
@@ -398,3 +434,28 @@ async def test_service_account_kubeconfig_has_exactly_its_role(
             with pytest.raises(KubeError) as denied:
                 await reader.get(forbidden)
             assert denied.value.status == 403
+
+
+def test_the_by_hand_check_in_docs_testing_md_works_as_printed(
+    k8s_cluster: K8sCluster
+) -> None:
+    """The kubectl lines of docs/testing.md's `make cluster-up` section, run as printed."""
+    local_only(k8s_cluster)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
+    section = doc.split("## By hand: `make cluster-up`", 1)[1].split("```sh", 1)[1]
+    block = section.split("```", 1)[0]
+    lines = [line.split("   #")[0].strip() for line in block.splitlines()
+             if line.startswith("kubectl")]
+    expected = [line.split("   #", 1)[1].strip() for line in block.splitlines()
+                if line.startswith("kubectl") and "   #" in line][-1]
+    assert lines and expected, block
+    env = {**os.environ, "KUBECONFIG": str(k8s_cluster.kubeconfig),
+           "PATH": f"{k8s_cluster.bin_dir}:{os.environ.get('PATH', '')}"}
+    try:
+        out = subprocess.run(["bash", "-ec", "\n".join(lines)], env=env, capture_output=True,
+                             text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == expected, out.stdout
+    finally:
+        subprocess.run(["bash", "-c", "kubectl delete job hello --wait=false"], env=env,
+                       capture_output=True, timeout=60, check=False)
