@@ -196,13 +196,14 @@ class InvocationStore:
 
     # -- indexes ------------------------------------------------------------------------
 
+    async def _index(self, index: str) -> list[tuple[str, str]]:
+        """(tenant, invocation id) of every entry in a per-invocation index."""
+        keys = await self._store.list_keys(f"{index}/", limit=100_000)
+        return [(tenant, inv) for _, tenant, inv in (key.split("/", 2) for key in keys)]
+
     async def pending(self) -> list[tuple[str, str]]:
-        keys = await self._store.list_keys(f"{PENDING}/", limit=100_000)
-        out = []
-        for key in keys:
-            _, tenant, inv = key.split("/", 2)
-            out.append((tenant, inv))
-        return out
+        """(tenant, invocation id) of every invocation accepted and not finished."""
+        return await self._index(PENDING)
 
     @staticmethod
     def hash_idempotency_key(key: str) -> str:
@@ -291,12 +292,7 @@ class InvocationStore:
 
     async def callback_marks(self) -> list[tuple[str, str]]:
         """(tenant, invocation id) of every callback not yet delivered."""
-        keys = await self._store.list_keys(f"{CALLBACKS}/", limit=100_000)
-        out = []
-        for key in keys:
-            _, tenant, inv = key.split("/", 2)
-            out.append((tenant, inv))
-        return out
+        return await self._index(CALLBACKS)
 
     async def callback_mark(self, tenant: str, invocation_id: str) -> CallbackMark | None:
         try:
