@@ -16,7 +16,10 @@ from pathlib import Path
 from tests.support import ROOT
 
 ALL_CONFIGS = ("local", "s3", "kubernetes")
-TEST_PROFILES = """
+# The profiles the tests run on, each as its table of a profiles.toml; a test's
+# catalogue is some of them (``write_profiles``).
+PROFILES = {
+    "python3.11": """
 [profiles."python3.11"]
 image = "jobgate/runtime-python3.11:0.1.0"
 language = "python"
@@ -25,7 +28,8 @@ default_entrypoint = "main.py"
 inprocess = true
 max_timeout_s = 120
 pool = { min = 2, max = 6 }
-
+""",
+    "bash": """
 [profiles.bash]
 image = "jobgate/runtime-bash:0.1.0"
 language = "bash"
@@ -33,7 +37,8 @@ command = ["bash", "{entrypoint}"]
 default_entrypoint = "main.sh"
 max_timeout_s = 120
 pool = { min = 1, max = 4 }
-
+""",
+    "node20": """
 [profiles.node20]
 image = "jobgate/runtime-node20:0.1.0"
 language = "javascript"
@@ -44,14 +49,35 @@ default_memory_mb = 512
 max_memory_mb = 2048
 max_timeout_s = 120
 pool = { min = 0, max = 2 }
-
+""",
+    # An image no node can pull (the Kubernetes executor).
+    "broken": """
 [profiles.broken]
 image = "jobgate/runtime-unpullable:0.1.0"
 language = "python"
 command = ["python3", "{entrypoint}"]
 default_entrypoint = "main.py"
 pool = { min = 0, max = 1 }
-"""
+""",
+    # An interpreter that is not there (the local executor): every call is StartFailed.
+    "ghost": """
+[profiles.ghost]
+image = "jobgate/runtime-ghost:0"
+language = "none"
+command = ["/nonexistent/interpreter", "{entrypoint}"]
+default_entrypoint = "main.x"
+pool = { min = 1, max = 1 }
+""",
+}
+# What the shared gateways run: every executor runs these code profiles.
+RUNNING = ("python3.11", "bash", "node20")
+
+
+def write_profiles(work: Path, *names: str) -> Path:
+    """A profiles.toml in ``work`` with the profiles ``names``; its path."""
+    path = work / "profiles.toml"
+    path.write_text("".join(PROFILES[name] for name in names))
+    return path
 
 
 def selected_configs() -> list[str]:
@@ -82,8 +108,7 @@ def kubernetes_env(cluster: object, work: Path, namespace: str | None = None
     kubectl(cluster, "create", "namespace", namespace)
     kubectl(cluster, "apply", "-n", namespace, "-f", str(ROOT / "helm" / "rbac.yaml"))
     sa_kubeconfig = cluster.kubeconfig_for_service_account(namespace, "jobgate")  # type: ignore[attr-defined]
-    profiles = work / "profiles.toml"
-    profiles.write_text(TEST_PROFILES)
+    profiles = write_profiles(work, *RUNNING, "broken")
     return {
         "JOBGATE_EXECUTOR": "kubernetes",
         "JOBGATE_K8S_NAMESPACE": namespace,
@@ -98,6 +123,4 @@ def kubernetes_env(cluster: object, work: Path, namespace: str | None = None
 
 
 def local_profiles_env(work: Path) -> dict[str, str]:
-    profiles = work / "profiles.toml"
-    profiles.write_text(TEST_PROFILES.split("[profiles.broken]")[0])
-    return {"JOBGATE_PROFILES": str(profiles)}
+    return {"JOBGATE_PROFILES": str(write_profiles(work, *RUNNING))}
