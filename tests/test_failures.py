@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.backends import write_profiles
 from tests.support import (
     GatewayProcess,
     ancestors,
@@ -166,15 +167,7 @@ def test_start_failed_leaves_no_workspace_behind(tmp_path: Path) -> None:
     """A StartFailed report carries the worker's directory like any other, so it is
     removed after the call: none piles up under the data dir's workspaces/ (the pool's
     one idle worker has its own)."""
-    catalogue = tmp_path / "profiles.toml"
-    catalogue.write_text("""
-[profiles.ghost]
-image = "jobgate/runtime-ghost:0"
-language = "none"
-command = ["/nonexistent/interpreter", "{entrypoint}"]
-default_entrypoint = "main.x"
-pool = { min = 1, max = 1 }
-""")
+    catalogue = write_profiles(tmp_path, "ghost")
     workspaces = tmp_path / "data" / "workspaces"
 
     def worker_dirs() -> list[str]:
@@ -193,23 +186,7 @@ pool = { min = 1, max = 1 }
 
 
 def test_start_failed_when_the_runtime_is_missing(tmp_path: Path) -> None:
-    catalogue = tmp_path / "profiles.toml"
-    catalogue.write_text("""
-[profiles.ghost]
-image = "jobgate/runtime-ghost:0"
-language = "none"
-command = ["/nonexistent/interpreter", "{entrypoint}"]
-default_entrypoint = "main.x"
-pool = { min = 1, max = 1 }
-
-[profiles."python3.11"]
-image = "jobgate/runtime-python3.11:0"
-language = "python"
-command = ["python3", "{entrypoint}"]
-default_entrypoint = "main.py"
-inprocess = true
-pool = { min = 1, max = 2 }
-""")
+    catalogue = write_profiles(tmp_path, "ghost", PY)
     with running_gateway(tmp_path, JOBGATE_PROFILES=str(catalogue)) as gw, gw.client() as c:
         body = invoke(c, profile="ghost", code="anything").json()
         assert (body["status"], body["reason"]) == ("error", "StartFailed")
