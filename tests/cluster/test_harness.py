@@ -262,7 +262,8 @@ async def test_the_node_is_a_real_kubelet_on_containerd(
 
     async def images() -> set[str] | None:  # the kubelet reports them a little later
         found = await kube.get(f"/api/v1/nodes/{k8s_cluster.node_name}")
-        names = {n for image in found["status"].get("images") or [] for n in image["names"]}
+        names = {n for image in found["status"].get("images") or []
+                 for n in image.get("names") or []}
         return names if {image.tag for image in RUNTIME_IMAGES} <= names else None
     await eventually("the node to report the runtime images", images)
 
