@@ -7,9 +7,10 @@ small interface so the driver never touches the control plane directly:
         ...
         per_call = (k8s.api_writes() - before) / invocations
 
-The cluster is the test control plane of ``tests.cluster`` (real etcd, kube-apiserver,
-controller manager and scheduler on 127.0.0.1, pods run by the test node agent), or the
-cluster a ``JOBGATE_TEST_KUBECONFIG`` names, exactly as the test suite chooses.
+The cluster is the test cluster of ``tests.cluster`` (real etcd, kube-apiserver,
+controller manager and scheduler on 127.0.0.1, and one real node: kubelet, containerd,
+runc, with the runtime images built from the repository's Dockerfiles), or the cluster a
+``JOBGATE_TEST_KUBECONFIG`` names, exactly as the test suite chooses.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any
 import httpx
 
 EXTERNAL_ENV = "JOBGATE_TEST_KUBECONFIG"
+# Each worker pod's requests (cpu, memory MiB): the pools and a burst fit the 2-core node.
+K8S_REQUESTS = (0.02, 64)
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY")
 _SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -54,6 +57,8 @@ class KubernetesTarget:
             from tests.cluster.binaries import BinariesError, find_bin_dir
             from tests.cluster.control_plane import TestControlPlane
             from tests.cluster.handle import K8sCluster
+            from tests.cluster.images import ImageBuildError, build_all
+            from tests.cluster.packages import PackagesError, ensure_node_packages
         except ImportError as e:
             raise ClusterUnavailable(f"the test control plane is not importable: {e}") from e
         external = os.environ.get(EXTERNAL_ENV)
@@ -63,16 +68,19 @@ class KubernetesTarget:
                 cluster = K8sCluster.external(Path(external),
                                               Path(kubectl).parent if kubectl else None)
             else:
-                # Builds etcd and Kubernetes once into ~/.cache/jobgate when cold (minutes).
-                plane = TestControlPlane.start(find_bin_dir(build=True))
+                # Builds the binaries and images once into ~/.cache/jobgate when cold.
+                ensure_node_packages()
+                bin_dir = find_bin_dir(build=True)
+                plane = TestControlPlane.start(bin_dir, images=build_all())
                 cluster = K8sCluster.from_plane(plane)
-        except (BinariesError, OSError, RuntimeError) as e:
+        except (BinariesError, ImageBuildError, PackagesError, OSError, RuntimeError) as e:
             raise ClusterUnavailable(f"could not start the test control plane: {e}") from e
         return cls(cluster, f"jobgate-bench-{uuid.uuid4().hex[:6]}")
 
     def stop(self) -> None:
         plane = getattr(self.cluster, "plane", None)
         if plane is not None:
+            self.cluster.close()
             plane.stop()
         else:
             for namespace in self.namespaces:
@@ -94,11 +102,13 @@ class KubernetesTarget:
             else f"external cluster ({EXTERNAL_ENV})"
         return f"{kind} at {self.cluster.server}"
 
-    def gateway_env(self, name: str) -> dict[str, str]:
+    def gateway_env(self, name: str, *, gateway_port: int, s3_port: int | None
+                    ) -> dict[str, str]:
         """The settings of gateway ``name`` (docs/configuration.md), in a namespace of its
         own: a later gateway must not claim the warm workers an earlier one left behind.
         It runs with the admin kubeconfig: the benchmark measures speed, the test suite
-        checks the Role."""
+        checks the Role. On the test node, workers reach the gateway (gateway_port) and S3
+        (s3_port), both on loopback, through forwarders on the node's services address."""
         namespace = f"{self.prefix}-{name}"
         if namespace not in self.namespaces:
             self.kubectl("create", "namespace", namespace)
@@ -111,7 +121,19 @@ class KubernetesTarget:
             # collector) after this long. The default (300 s) would push those writes out
             # of a one-minute window; at steady state they are part of every invocation.
             "JOBGATE_K8S_JOB_TTL_S": "5",
+            "JOBGATE_K8S_IMAGE_PULL_POLICY": "Never",
+            **self._exposed(gateway_port, s3_port),
         }
+
+    def _exposed(self, gateway_port: int, s3_port: int | None) -> dict[str, str]:
+        if not getattr(self.cluster, "local", False):
+            return {}
+        gateway = self.cluster.expose_to_pods(gateway_port)
+        env = {"JOBGATE_WORKER_GATEWAY_URL": f"http://{gateway}",
+               "JOBGATE_K8S_EGRESS_CIDRS": f"{gateway.split(':')[0]}/32"}
+        if s3_port is not None:
+            env["JOBGATE_S3_ENDPOINT"] = f"http://{self.cluster.expose_to_pods(s3_port)}"
+        return env
 
     def release(self, name: str, timeout_s: float = 90.0) -> None:
         """Deletes gateway ``name``'s namespace and waits (bounded) until it is gone, so

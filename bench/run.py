@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import markdown, plots
-from bench.cluster import ClusterUnavailable, KubernetesTarget, delta, per_invocation, total
+from bench.cluster import (
+    K8S_REQUESTS,
+    ClusterUnavailable,
+    KubernetesTarget,
+    delta,
+    per_invocation,
+    total,
+)
 from bench.cpu import background_cores
 from bench.loadgen import RunResult, Scenario, py_spy, run_scenario
 from bench.matrix import MATRICES, Matrix, matrix
@@ -50,6 +57,7 @@ from bench.services import (
 )
 from loadtests import baselines, sandbox_compare
 from loadtests.receiver import CallbackCounter
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LATEST = ROOT / "bench" / "latest"
@@ -189,17 +197,20 @@ class Run:
 
     def gateway(self, name: str) -> Gateway:
         profiles = write_profiles(self.logs / f"profiles-{name}.toml",
-                                  pools_for(self.executor, name))
+                                  pools_for(self.executor, name),
+                                  requests=K8S_REQUESTS if self.k8s is not None else None)
         env = {"JOBGATE_PROFILES": str(profiles)}
+        port = free_port()
         if self.weed is not None:
             # A prefix per gateway: a later gateway must not recover (and run) what an
             # earlier one left unfinished.
             env.update(self.weed.gateway_env("jobgate-bench", f"run-{self.out.name}-{name}"))
         if self.k8s is not None:
-            env.update(self.k8s.gateway_env(name))
+            s3_port = self.weed.ports["s3"] if self.weed is not None else None
+            env.update(self.k8s.gateway_env(name, gateway_port=port, s3_port=s3_port))
         say(f"starting the {name} gateway ({self.executor} executor, {self.storage} "
             "storage)")
-        gw = start_gateway(name, self.logs, env)
+        gw = start_gateway(name, self.logs, env, port=port)
         if name == "pooled":
             self.pools = pool_sizes(profiles)
             self.gateway_env = {k: v for k, v in gw.env.items()

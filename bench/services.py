@@ -63,8 +63,10 @@ def _toml_value(value: Any) -> str:
 
 
 def write_profiles(path: Path, pools: dict[str, tuple[int, int]],
-                   source: Path | None = None) -> Path:
-    """The default catalogue (or ``source``) with the pools of ``pools`` replaced."""
+                   source: Path | None = None,
+                   requests: tuple[float, int] | None = None) -> Path:
+    """The default catalogue (or ``source``) with the pools of ``pools`` replaced, and
+    with ``requests`` (cpu, memory MiB) as every pod's requests when given."""
     text = source.read_text() if source else \
         resources.files("runtimes").joinpath("profiles.toml").read_text()
     catalogue = tomllib.loads(text)["profiles"]
@@ -74,6 +76,8 @@ def write_profiles(path: Path, pools: dict[str, tuple[int, int]],
         if name in pools:
             low, high = pools[name]
             spec = {**spec, "pool": {**spec.get("pool", {}), "min": low, "max": high}}
+        if requests is not None:
+            spec = {**spec, "request_cpu": requests[0], "request_memory_mb": requests[1]}
         lines.append(f"\n[profiles.{json.dumps(name)}]")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in spec.items())
     path.write_text("\n".join(lines) + "\n")
@@ -137,10 +141,11 @@ class Gateway:
 
 
 def start_gateway(name: str, work: Path, env: dict[str, str],
-                  timeout_s: float = 60.0) -> Gateway:
-    """``jobgate serve`` on a free loopback port, ready (``/readyz``) or GatewayRefused."""
+                  timeout_s: float = 60.0, port: int = 0) -> Gateway:
+    """``jobgate serve`` on a loopback port (free, unless given), ready (``/readyz``) or
+    GatewayRefused."""
     full_env = {**LOAD_SETTINGS, **env}
-    process = GatewayProcess(work / f"gateway-{name}" / "data", env=full_env)
+    process = GatewayProcess(work / f"gateway-{name}" / "data", env=full_env, port=port)
     group = CpuGroup.create(name)
     try:
         with group.joined() if group else contextlib.nullcontext():

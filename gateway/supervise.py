@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 
@@ -30,26 +30,39 @@ def every(seconds: float) -> Callable[[], Awaitable[None]]:
 
 class TaskSet:
     """Fire-and-forget tasks, held until they end (the event loop keeps only a weak
-    reference to a task), each failure logged, all of them cancelled together at stop."""
+    reference to a task), each failure logged, all of them cancelled together at stop.
+    A task spawned under a ``key`` is the only one of that key until it ends (``key in
+    tasks`` says whether one runs)."""
 
     def __init__(self, what: str, log: logging.Logger) -> None:
         self.what = what
         self.log = log
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._keys: dict[Hashable, asyncio.Future[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, work: Awaitable[object], name: str | None = None) -> asyncio.Future[Any]:
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def spawn(self, work: Awaitable[object], name: str | None = None, *,
+              key: Hashable | None = None) -> asyncio.Future[Any]:
+        if key is not None and key in self._keys:
+            raise ValueError(f"{self.what}: a task for {key!r} runs already")
         task = asyncio.ensure_future(work)
         if name is not None and isinstance(task, asyncio.Task):
             task.set_name(name)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        if key is not None:
+            self._keys[key] = task
+        task.add_done_callback(lambda done: self._done(done, key))
         return task
 
-    def _done(self, task: asyncio.Future[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any], key: Hashable | None) -> None:
         self._tasks.discard(task)
+        if key is not None and self._keys.get(key) is task:
+            del self._keys[key]
         if not task.cancelled() and (e := task.exception()) is not None:
             self.log.error("%s: a background task failed", self.what, exc_info=e)
 

@@ -317,10 +317,12 @@ class DirectLauncher:
         self.seccomp_program = seccomp_program
         self.pid = 0
         self.pidfd = -1
+        self.oom_kills_before: int | None = None
 
     def start(self, spec: CodeSpec, io: ChildIO) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        self.oom_kills_before = own_cgroup_oom_kills()
         pid = os.fork()
         if pid == 0:
             run_code(spec, io, self.uid, self.preloaded_python, self.seccomp_program)
@@ -363,7 +365,55 @@ class DirectLauncher:
         return False
 
     def oom_killed(self) -> bool:
-        return False
+        """Whether the kernel killed a process for the memory limit of the cgroup the
+        runner lives in (a worker pod's container) while the code ran."""
+        before = self.oom_kills_before
+        after = own_cgroup_oom_kills() if before is not None else None
+        return before is not None and after is not None and after > before
+
+
+def own_cgroup_oom_kills() -> int | None:
+    """The OOM-kill count of this process's memory cgroup, when it has a limit of its
+    own; None when there is none to read (the root cgroup, no memory controller)."""
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()  # noqa: SIM115
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):  # cgroup v1
+            # A container sees its own cgroup at the mount's root; a host process at path.
+            for directory in (f"/sys/fs/cgroup/memory{path}", "/sys/fs/cgroup/memory"):
+                limit = _read_int(f"{directory}/memory.limit_in_bytes")
+                if limit is not None and limit < 1 << 62:
+                    return _keyed_int(f"{directory}/memory.oom_control", "oom_kill")
+                if limit is not None:
+                    return None
+        if controllers == "" and line.startswith("0::"):  # cgroup v2
+            for directory in (f"/sys/fs/cgroup{path}", "/sys/fs/cgroup"):
+                if os.path.exists(f"{directory}/memory.max"):
+                    return _keyed_int(f"{directory}/memory.events", "oom_kill")
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _keyed_int(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _killpg(pgid: int) -> None:

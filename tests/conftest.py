@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.backends import kubernetes_env, local_profiles_env, selected_configs
-from tests.support import KEY_A, KEY_B, CallbackReceiver, GatewayProcess
+from tests.support import KEY_A, KEY_B, CallbackReceiver, GatewayProcess, free_port
 
 pytest_plugins = ["tests.servers.seaweedfs", "tests.cluster.fixtures"]
 
@@ -42,14 +42,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The Kubernetes configuration needs the control plane: build its binaries (cold
-    cache) before the first test, outside any test's timeout."""
+    """The Kubernetes configuration needs the test cluster: its packages, binaries and
+    images are made (cold cache) before the first test, outside any test's timeout."""
     if session.config.option.collectonly:
         return
     if any(_config_of(item) == "kubernetes" for item in session.items):
-        from tests.cluster.binaries import find_bin_dir
+        from tests.cluster.fixtures import prepare_cluster
 
-        find_bin_dir(build=True)
+        prepare_cluster(session.config)
 
 
 @pytest.fixture(scope="session", params=selected_configs())
@@ -61,11 +61,13 @@ def gateway(request: pytest.FixtureRequest,
     if config in ("s3", "kubernetes"):
         seaweedfs = request.getfixturevalue("seaweedfs")
         env.update(seaweedfs.gateway_env(bucket=f"suite-{config}", prefix="jobgate"))
+    port = free_port()
     if config == "kubernetes":
         cluster = request.getfixturevalue("k8s_cluster")
-        k8s, _namespace = kubernetes_env(cluster, work)
+        k8s, _namespace = kubernetes_env(cluster, work, s3_port=seaweedfs.ports["s3"],
+                                         gateway_port=port)
         env.update(k8s)
-    gw = GatewayProcess(work / "data", env=env).start(timeout_s=120)
+    gw = GatewayProcess(work / "data", env=env, port=port).start(timeout_s=120)
     gw.config = config  # type: ignore[attr-defined]
     yield gw
     gw.stop()

@@ -143,3 +143,36 @@ def test_the_gateway_rechecks_what_a_worker_wants_to_upload() -> None:
     for bad in ("../x", "/etc/passwd", "a//b"):
         with pytest.raises(InvalidInput):
             check_artifact_listing(listing((bad, 1)), settings)
+
+
+def test_a_keyed_task_is_the_only_one_of_its_key_until_it_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gateway.supervise import TaskSet
+
+    async def main() -> None:
+        tasks = TaskSet("keyed", logging.getLogger("test.supervise"))
+        gate = asyncio.Event()
+
+        async def wait_then_fail() -> None:
+            await gate.wait()
+            raise RuntimeError("boom")
+
+        tasks.spawn(wait_then_fail(), key="a")
+        assert "a" in tasks and "b" not in tasks
+        second = asyncio.sleep(0)
+        with pytest.raises(ValueError, match="runs already"):
+            tasks.spawn(second, key="a")
+        second.close()
+        gate.set()
+        await tasks.settle()
+        assert "a" not in tasks and len(tasks) == 0
+        tasks.spawn(asyncio.sleep(60), key="a")  # free again once the first ended
+        await tasks.cancel_all()
+        assert "a" not in tasks
+
+    with caplog.at_level(logging.ERROR, logger="test.supervise"):
+        asyncio.run(main())
+    failures = [r for r in caplog.records if r.name == "test.supervise"]
+    assert len(failures) == 1 and failures[0].exc_info is not None

@@ -27,6 +27,7 @@ from gateway.errors import CallbackRefused, InvocationNotFound
 from gateway.metrics.registry import Metrics
 from gateway.models import CallbackAttempt, InvocationRecord
 from gateway.storage.records import CallbackMark, InvocationStore
+from gateway.supervise import TaskSet
 
 log = logging.getLogger("jobgate.callbacks")
 EVENT = "invocation.completed"
@@ -52,7 +53,8 @@ class CallbackDeliverer:
         self.policy = policy
         self.server_secret = server_secret
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # One delivery under way per invocation id.
+        self._tasks = TaskSet("callback delivery", log)
         self._rnd = random.Random()
         self._closed = False
         # (tenant, invocation id) -> its mark (owner, per-call secret), read once per mark.
@@ -60,10 +62,7 @@ class CallbackDeliverer:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         await self._client.aclose()
 
     async def enqueue(self, record: InvocationRecord, secret: str | None) -> None:
@@ -74,10 +73,8 @@ class CallbackDeliverer:
     def _start(self, tenant: str, invocation_id: str, secret: str | None) -> None:
         if self._closed or invocation_id in self._tasks:
             return
-        task = asyncio.create_task(self._deliver(tenant, invocation_id, secret),
-                                   name=f"callback:{invocation_id}")
-        self._tasks[invocation_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(invocation_id, None))
+        self._tasks.spawn(self._deliver(tenant, invocation_id, secret),
+                          name=f"callback:{invocation_id}", key=invocation_id)
 
     async def resume_pending(self, choose: OwnerChoice) -> int:
         """Pick up the unfinished deliveries of the owners ``choose`` picks: after a

@@ -46,6 +46,11 @@ class Profile(BaseModel):
     max_memory_mb: int = Field(2048, gt=0)
     default_cpu: float = Field(1.0, gt=0)
     max_cpu: float = Field(2.0, gt=0)
+    # What a Kubernetes worker pod requests of its node (the scheduler's and the kubelet's
+    # accounting); unset: default_cpu and default_memory_mb. Limits are max_cpu and
+    # max_memory_mb either way.
+    request_cpu: float | None = Field(None, gt=0)
+    request_memory_mb: int | None = Field(None, gt=0)
     max_processes: int = Field(64, gt=0)
     max_open_files: int = Field(256, gt=0)
     workspace_mb: int = Field(512, gt=0)

@@ -166,7 +166,7 @@ class Lifecycle:
             with contextlib.suppress(JobgateError, OSError):
                 await self.parts.records.save(snapshot)
 
-        live.pending_writes.append(asyncio.create_task(save()))
+        live.pending_writes.spawn(save())
 
     async def finish(self, live: LiveInvocation, worker: WorkerHandle | None,
                      report: WorkerReport | None) -> None:
@@ -176,8 +176,7 @@ class Lifecycle:
         record.finished_at = datetime.now(UTC)
         total = time.monotonic() - live.accepted_at
         record.timings.total_ms = round(total * 1000, 3)
-        if live.pending_writes:
-            await asyncio.gather(*live.pending_writes, return_exceptions=True)
+        await live.pending_writes.settle()
         try:
             await with_storage_retries(record, lambda: records.finish(record),
                                        self.parts.settings.storage_retry_budget_s,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from gateway.dispatch.plan import Plan
 from gateway.executors.base import WorkerHandle
 from gateway.models import InvocationCreate, InvocationRecord
+from gateway.supervise import TaskSet
+
+log = logging.getLogger("jobgate.dispatch")
 
 
 @dataclass
@@ -21,7 +25,12 @@ class LiveInvocation:
     worker: WorkerHandle | None = None
     cancel_requested: bool = False
     abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
-    pending_writes: list[asyncio.Task[None]] = field(default_factory=list)
+    # Record writes not waited for (the 'running' state): settled before any write that
+    # must land after them.
+    pending_writes: TaskSet = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pending_writes = TaskSet(f"invocation {self.record.id}: a record write", log)
 
 
 class LiveTable:

@@ -3,7 +3,6 @@ the invocation's ``max_attempts``, never while an earlier attempt may still run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
@@ -65,7 +64,6 @@ class Reruns:
                     record.attempts, record.max_attempts, lost)
         record.status, record.started_at = Status.queued, None
         record.worker, record.warm = None, None
-        if live.pending_writes:  # the earlier attempt's 'running' must not land after this
-            await asyncio.gather(*live.pending_writes, return_exceptions=True)
-            live.pending_writes.clear()
+        # The earlier attempt's 'running' must not land after this.
+        await live.pending_writes.settle()
         return None

@@ -85,6 +85,12 @@ class InvocationStore:
     def artifact_key(self, tenant: str, invocation_id: str, name: str) -> str:
         return self.key(tenant, invocation_id, f"artifacts/{name}")
 
+    @staticmethod
+    def _entry(index: str, tenant: str, name: str) -> str:
+        """The key of a tenant's entry in one of the indexes: ``{index}/{tenant}/{name}``,
+        the name an invocation id (or, for Idempotency-Keys, the key's hash)."""
+        return f"{index}/{tenant}/{name}"
+
     @property
     def presigns(self) -> bool:
         """Whether workers can upload to this store themselves (presigned PUT URLs)."""
@@ -101,11 +107,11 @@ class InvocationStore:
         extra_keys = []
         items = [
             (self.key(t, i, "request.json"), request_body, JSON),
-            (f"{PENDING}/{t}/{i}", b"", BINARY),
+            (self._entry(PENDING, t, i), b"", BINARY),
         ]
         if idempotency is not None:
             key_hash, body_hash = idempotency
-            idem_key = f"{IDEMPOTENCY}/{t}/{key_hash}"
+            idem_key = self._entry(IDEMPOTENCY, t, key_hash)
             extra_keys.append(idem_key)
             items.append((idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
         items.append((marker, orjson.dumps({"keys": extra_keys}), JSON))
@@ -128,7 +134,7 @@ class InvocationStore:
             (self.key(t, i, "stderr"), (record.stderr or "").encode(), TEXT),
             self._record_item(record),
         ], expires_at=record.expires_at)
-        await self._store.delete_keys([f"{PENDING}/{t}/{i}"])
+        await self._store.delete_keys([self._entry(PENDING, t, i)])
 
     # -- reads --------------------------------------------------------------------------
 
@@ -158,7 +164,8 @@ class InvocationStore:
         return await self._store.get(self.key(tenant, invocation_id, "request.json"))
 
     async def list_page(self, tenant: str, *, status: Status | None, profile: str | None,
-                   cursor: str | None, limit: int) -> tuple[list[InvocationRecord], str | None]:
+                        cursor: str | None, limit: int
+                        ) -> tuple[list[InvocationRecord], str | None]:
         """Newest first (ids sort that way). Scans at most 10 pages' worth of ids per call;
         the cursor resumes after the last id scanned, matched or not."""
         found: list[InvocationRecord] = []
@@ -196,13 +203,14 @@ class InvocationStore:
 
     # -- indexes ------------------------------------------------------------------------
 
+    async def _index(self, index: str) -> list[tuple[str, str]]:
+        """(tenant, invocation id) of every entry in a per-invocation index."""
+        keys = await self._store.list_keys(f"{index}/", limit=100_000)
+        return [(tenant, inv) for _, tenant, inv in (key.split("/", 2) for key in keys)]
+
     async def pending(self) -> list[tuple[str, str]]:
-        keys = await self._store.list_keys(f"{PENDING}/", limit=100_000)
-        out = []
-        for key in keys:
-            _, tenant, inv = key.split("/", 2)
-            out.append((tenant, inv))
-        return out
+        """(tenant, invocation id) of every invocation accepted and not finished."""
+        return await self._index(PENDING)
 
     @staticmethod
     def hash_idempotency_key(key: str) -> str:
@@ -210,7 +218,8 @@ class InvocationStore:
 
     async def idempotency(self, tenant: str, key_hash: str) -> IdempotencyEntry | None:
         try:
-            raw = orjson.loads(await self._store.get(f"{IDEMPOTENCY}/{tenant}/{key_hash}"))
+            raw = orjson.loads(await self._store.get(
+                self._entry(IDEMPOTENCY, tenant, key_hash)))
         except ObjectNotFound:
             return None
         return IdempotencyEntry(raw["id"], raw["body_sha256"])
@@ -240,7 +249,8 @@ class InvocationStore:
         except (ObjectNotFound, orjson.JSONDecodeError):
             extra = []
         count = await self._store.delete_prefix(self.prefix(entry.tenant, entry.invocation_id))
-        await self._store.delete_keys([*extra, f"{PENDING}/{entry.tenant}/{entry.invocation_id}"])
+        await self._store.delete_keys(
+            [*extra, self._entry(PENDING, entry.tenant, entry.invocation_id)])
         await self._store.delete_keys([entry.marker])
         return count + len(extra)
 
@@ -285,25 +295,21 @@ class InvocationStore:
     # -- callback marks -----------------------------------------------------------------
 
     async def mark_callback(self, record: InvocationRecord, secret: str | None) -> None:
-        await self._store.put(f"{CALLBACKS}/{record.tenant}/{record.id}",
+        await self._store.put(self._entry(CALLBACKS, record.tenant, record.id),
                               orjson.dumps({"secret": secret, "owner": record.replica}),
                               expires_at=record.expires_at)
 
     async def callback_marks(self) -> list[tuple[str, str]]:
         """(tenant, invocation id) of every callback not yet delivered."""
-        keys = await self._store.list_keys(f"{CALLBACKS}/", limit=100_000)
-        out = []
-        for key in keys:
-            _, tenant, inv = key.split("/", 2)
-            out.append((tenant, inv))
-        return out
+        return await self._index(CALLBACKS)
 
     async def callback_mark(self, tenant: str, invocation_id: str) -> CallbackMark | None:
         try:
-            raw = orjson.loads(await self._store.get(f"{CALLBACKS}/{tenant}/{invocation_id}"))
+            raw = orjson.loads(await self._store.get(
+                self._entry(CALLBACKS, tenant, invocation_id)))
         except (ObjectNotFound, orjson.JSONDecodeError):
             return None
         return CallbackMark(str(raw.get("owner") or ""), raw.get("secret"))
 
     async def unmark_callback(self, tenant: str, invocation_id: str) -> None:
-        await self._store.delete_keys([f"{CALLBACKS}/{tenant}/{invocation_id}"])
+        await self._store.delete_keys([self._entry(CALLBACKS, tenant, invocation_id)])

@@ -3,6 +3,10 @@
 #   etcd                                   (wrapper module requiring go.etcd.io/etcd/server/v3)
 #   kube-apiserver, kube-controller-manager,
 #   kube-scheduler, kubectl                (wrapper module requiring k8s.io/kubernetes)
+#   kubelet, kube-proxy                    (the same wrapper module: the test node)
+#   containerd, containerd-shim-runc-v2,
+#   ctr                                    (go install github.com/containerd/containerd/v2/...)
+#   kube-router                            (go install github.com/cloudnativelabs/kube-router/v2/...)
 #   helm                                   (go install helm.sh/helm/v3/cmd/helm@version)
 # Versions come from hack/k8s/versions.env. Test infrastructure only: nothing here ships.
 #
@@ -35,12 +39,15 @@ esac
 cache_root=${JOBGATE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jobgate}
 k8s_root=$cache_root/k8s
 out=$k8s_root/$KUBERNETES_VERSION
-groups=(etcd kube helm)
+groups=(etcd kube node containerd netpol helm)
 
 binaries_of() {
 	case "$1" in
 	etcd) echo etcd ;;
 	kube) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
+	node) echo kubelet kube-proxy ;;
+	containerd) echo containerd containerd-shim-runc-v2 ctr ;;
+	netpol) echo kube-router ;;
 	helm) echo helm ;;
 	esac
 }
@@ -48,7 +55,9 @@ binaries_of() {
 version_of() {
 	case "$1" in
 	etcd) echo "$ETCD_VERSION" ;;
-	kube) echo "$KUBERNETES_VERSION" ;;
+	kube | node) echo "$KUBERNETES_VERSION" ;;
+	containerd) echo "$CONTAINERD_VERSION" ;;
+	netpol) echo "$KUBE_ROUTER_VERSION" ;;
 	helm) echo "$HELM_VERSION" ;;
 	esac
 }
@@ -141,11 +150,10 @@ build_etcd() {
 		-o "$tmp/etcd" go.etcd.io/etcd/server/v3)
 }
 
-build_kube() {
+# The wrapper module requiring k8s.io/kubernetes, written once per version.
+kube_wrapper() {
 	local src=$k8s_root/src/kubernetes-$KUBERNETES_VERSION
 	local staging=v0.${KUBERNETES_VERSION#v1.}
-	local minor=${KUBERNETES_VERSION#v1.}
-	minor=${minor%%.*}
 	local upstream_gomod
 	upstream_gomod=$(gomod_of "k8s.io/kubernetes@$KUBERNETES_VERSION")
 	[[ -f "$upstream_gomod" ]] || {
@@ -166,21 +174,56 @@ build_kube() {
 		printf ')\n'
 	} >"$src/go.mod"
 	echo "k8s build: $(grep -c '=> k8s.io/' "$src/go.mod") staging replace lines at $staging" >&2
+	echo "$src"
+}
 
-	local ldflags="-s -w" pkg
-	local build_date
+# go build of k8s.io/kubernetes commands with the release's version stamped in.
+build_kube_commands() { # package...
+	local src minor=${KUBERNETES_VERSION#v1.}
+	minor=${minor%%.*}
+	src=$(kube_wrapper)
+	local ldflags="-s -w" pkg build_date
 	build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 		ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1"
 		ldflags+=" -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
 	done
-	# One go build for all four: the shared packages compile once.
+	# One go build for all of a group: the shared packages compile once.
 	(cd "$src" && go build -mod=mod -trimpath -tags=selinux,notest -ldflags "$ldflags" \
-		-o "$tmp/" \
-		k8s.io/kubernetes/cmd/kube-apiserver \
+		-o "$tmp/" "$@")
+}
+
+build_kube() {
+	build_kube_commands k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler \
-		k8s.io/kubernetes/cmd/kubectl)
+		k8s.io/kubernetes/cmd/kubectl
+}
+
+# The test node's kubelet and kube-proxy; the packages they share with the control plane
+# come from the warm GOCACHE.
+build_node() {
+	build_kube_commands k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+}
+
+# containerd 2.x, static (CGO off), without the snapshotters the test node never uses.
+build_containerd() {
+	local m=github.com/containerd/containerd/v2
+	(cd "$tmp" && GOBIN="$tmp" go install -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+		-ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Revision=modproxy" \
+		"$m/cmd/containerd@$CONTAINERD_VERSION" \
+		"$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+		"$m/cmd/ctr@$CONTAINERD_VERSION")
+}
+
+# kube-router's NetworkPolicy controller (iptables + ipset) enforces the default-deny
+# policy on the test node. SIG Network's kube-network-policies needs the kernel's nft
+# queue expression (CONFIG_NFT_QUEUE), which the CI kernel lacks.
+build_netpol() {
+	local m=github.com/cloudnativelabs/kube-router/v2
+	(cd "$tmp" && GOBIN="$tmp" go install -trimpath \
+		-ldflags "-s -w -X $m/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+		"$m/cmd/kube-router@$KUBE_ROUTER_VERSION")
 }
 
 build_helm() {

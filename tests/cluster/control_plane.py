@@ -1,14 +1,14 @@
-"""The test control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-and the test node agent, all on 127.0.0.1 with free ports and one temp dir.
+"""The test cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
+127.0.0.1 with free ports and one temp dir, and one real node (tests/cluster/node.py).
 
-    plane = TestControlPlane.start(bin_dir, work_dir, image_map_path)
+    plane = TestControlPlane.start(bin_dir, images=build_all())
     ... plane.kubeconfig, plane.server ...
-    plane.stop()   # stops everything, removes work_dir if it made it
+    plane.stop()   # stops everything, puts the host back, removes work_dir if it made it
 
 Start order: etcd and kube-apiserver together (the API server retries etcd), then the
-controller manager, the scheduler and the node agent together once /readyz answers.
-Ready means: every component's health endpoint, the node Ready, and the default
-ServiceAccount created (pods cannot be created before it exists).
+controller manager, the scheduler and the node once /readyz answers. Ready means: every
+component's health endpoint, the node Ready and untainted, and the default ServiceAccount
+created (pods cannot be created before it exists).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import ssl
-import sys
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.cluster import kubeconfig
-from tests.cluster.binaries import REPO_ROOT, read_versions
 from tests.cluster.kube_client import KubeClient, KubeError
+from tests.cluster.node import NODE_NAME, SERVICE_CIDR, RealNode
 from tests.cluster.pki import CertificateAuthority, service_account_keys
 from tests.cluster.processes import (
     ManagedProcess,
@@ -39,7 +38,6 @@ from tests.cluster.processes import (
     wait_for,
 )
 
-NODE_NAME = "jobgate-test-node"
 START_TIMEOUT_S = 90.0
 SA_TOKEN_SECONDS = 24 * 3600
 CONTROLLERS = ",".join((
@@ -50,6 +48,8 @@ CONTROLLERS = ",".join((
     # Cheap, and what a Helm chart's Deployment needs (later chart tests).
     "deployment-controller", "replicaset-controller", "endpointslice-controller",
     "cronjob-controller",
+    # Lifts the not-ready taint once the kubelet reports Ready; marks a dead node NotReady.
+    "node-lifecycle-controller",
 ))
 
 WORK_PREFIX = "jobgate-k8s-"
@@ -86,10 +86,11 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 class TestControlPlane:
     bin_dir: Path
     work_dir: Path
-    image_map_path: Path
+    images: dict[str, Path]
     server: str = ""
     kubeconfig: Path = field(init=False)
     processes: list[ManagedProcess] = field(default_factory=list)
+    node: RealNode | None = None
     owns_work_dir: bool = False
     started_in_s: float = 0.0
 
@@ -106,15 +107,16 @@ class TestControlPlane:
 
     @classmethod
     def start(
-        cls, bin_dir: Path, work_dir: Path | None = None, image_map_path: Path | None = None
+        cls, bin_dir: Path, work_dir: Path | None = None, *, images: dict[str, Path]
     ) -> TestControlPlane:
+        """images: {tag: docker-archive} the node imports (tests/cluster/images.build_all)."""
         owns = work_dir is None
         if owns:
             remove_stale_work_dirs()
         work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX)) if work_dir is None else work_dir
         work.mkdir(parents=True, exist_ok=True)
         (work / OWNER_FILE).write_text(str(os.getpid()))
-        plane = cls(bin_dir, work, image_map_path or work / "image-map.json", owns_work_dir=owns)
+        plane = cls(bin_dir, work, images, owns_work_dir=owns)
         try:
             plane._start()
         except BaseException:
@@ -128,9 +130,6 @@ class TestControlPlane:
         logs = self.work_dir / "logs"
         for d in (pki_dir, logs):
             d.mkdir(parents=True, exist_ok=True)
-        if not self.image_map_path.exists():
-            from tests.cluster.image_map import default_map, write_map
-            write_map(self.image_map_path, default_map())
 
         ca = CertificateAuthority(pki_dir)
         etcd_port, etcd_peer, api_port, kcm_port, sched_port = (free_port() for _ in range(5))
@@ -139,7 +138,7 @@ class TestControlPlane:
                            dns=("localhost", "kubernetes", "kubernetes.default",
                                 "kubernetes.default.svc"), ips=("127.0.0.1", "10.0.0.1"))
         admin = ca.issue("admin", "jobgate-test-admin", orgs=("system:masters",), client=True)
-        # What the API server presents to the node agent's kubelet port for logs.
+        # What the API server presents to the kubelet (logs, exec, port-forward).
         kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
                                   orgs=("system:masters",), client=True)
         sa = service_account_keys(pki_dir)
@@ -167,8 +166,9 @@ class TestControlPlane:
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={sa.cert_path}",
             f"--service-account-signing-key-file={sa.key_path}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            # The fake node is 127.0.0.1; nothing should try to route a Service to it.
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # The API server listens on 127.0.0.1 only, which no pod can reach: the
+            # `kubernetes` Service gets no endpoints rather than a wrong one.
             "--endpoint-reconciler-type=none",
             f"--kubelet-client-certificate={kubelet_client.cert_path}",
             f"--kubelet-client-key={kubelet_client.key_path}",
@@ -203,30 +203,23 @@ class TestControlPlane:
             *shared, f"--secure-port={sched_port}",
             f"--cert-dir={self.work_dir / 'scheduler-certs'}",
         ])
-        agent = ManagedProcess(
-            "node-agent",
-            [sys.executable, "-m", "tests.cluster.node_agent",
-             f"--kubeconfig={self.kubeconfig}", f"--state-dir={self.work_dir / 'node'}",
-             f"--image-map={self.image_map_path}", f"--node-name={NODE_NAME}",
-             f"--kubelet-version={read_versions().get('KUBERNETES_VERSION', 'v0.0.0')}"],
-            logs / "node-agent.log",
-            env=dict(os.environ, PYTHONPATH=_pythonpath()),
-            cwd=REPO_ROOT,
-        )
-        self.processes.append(agent)
-        for proc in (kcm, scheduler, agent):
+        for proc in (kcm, scheduler):
             proc.start()
-
         insecure = insecure_context()
-        everything = [etcd, apiserver, kcm, scheduler, agent]
+        everything = [etcd, apiserver, kcm, scheduler]
         wait_for("kube-controller-manager /healthz",
                  lambda: https_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure),
                  timeout=START_TIMEOUT_S, watch=everything)
         wait_for("kube-scheduler /healthz",
                  lambda: https_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure),
                  timeout=START_TIMEOUT_S, watch=everything)
+        run_async(self._bind_node_role())
+        self.node = RealNode(self.bin_dir, self.work_dir, self.server, ca, self.kubeconfig,
+                             self.images)
+        self.node.start()
         wait_for("node Ready and default ServiceAccount", lambda: run_async(self._api_ready()),
-                 timeout=START_TIMEOUT_S, interval=0.2, watch=everything)
+                 timeout=START_TIMEOUT_S, interval=0.2, watch=everything + self.node.processes)
+        self.node.start_firewall()
         self.started_in_s = time.monotonic() - began
 
     def _process(self, binary: str, args: list[str]) -> ManagedProcess:
@@ -234,6 +227,18 @@ class TestControlPlane:
                               self.work_dir / "logs" / f"{binary}.log", cwd=self.work_dir)
         self.processes.append(proc)
         return proc
+
+    async def _bind_node_role(self) -> None:
+        """RBAC is the only authorizer (no Node authorizer): bind system:node to the nodes."""
+        async with await KubeClient.from_kubeconfig(self.kubeconfig) as kube:
+            await kube.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "jobgate-test-nodes"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "system:node"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                              "name": "system:nodes"}],
+            })
 
     async def _api_ready(self) -> bool:
         async with await KubeClient.from_kubeconfig(self.kubeconfig) as kube:
@@ -248,9 +253,13 @@ class TestControlPlane:
         return ready and not (node.get("spec") or {}).get("taints")
 
     def stop(self) -> None:
-        """Stops in reverse order (the agent first, so it kills its pods), then cleans up."""
+        """The node first (its containers, daemons and host state), then the control plane
+        in reverse start order, then the work dir."""
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
         for proc in reversed(self.processes):
-            proc.stop(grace=15.0 if proc.name == "node-agent" else 10.0)
+            proc.stop(grace=10.0)
         self.processes.clear()
         if self.owns_work_dir and not os.environ.get(KEEP_ENV):
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -288,12 +297,6 @@ def kubeconfig_for_service_account(
     out = out_dir / "service-accounts"
     out.mkdir(parents=True, exist_ok=True)
     return kubeconfig.write(out / f"{namespace}.{name}.kubeconfig", doc)
-
-
-def _pythonpath() -> str:
-    """The agent imports tests.cluster from the repository, whatever the caller's cwd."""
-    existing = os.environ.get("PYTHONPATH")
-    return f"{REPO_ROOT}{os.pathsep}{existing}" if existing else str(REPO_ROOT)
 
 
 def describe(plane: TestControlPlane) -> str:

@@ -3,10 +3,12 @@
     python -m tests.cluster up   [--dir .jobgate/cluster]  # start, wait until ready
     python -m tests.cluster down [--dir .jobgate/cluster]  # stop, clean up
     python -m tests.cluster status
+    python -m tests.cluster images                        # build (or reuse) every image
 
-`up` starts `serve` detached (its own session, output in <dir>/cluster.log). `serve` runs
-the control plane in its main thread (its children die with it), writes <dir>/kubeconfig,
-<dir>/env and <dir>/image-map.json, and stops everything on SIGTERM/SIGINT.
+`up` installs the node's packages, builds the binaries and the images (in the foreground),
+then starts `serve` detached (its own session, output in <dir>/cluster.log). `serve` runs
+the control plane and the real node in its main thread (its children die with it), writes
+<dir>/kubeconfig and <dir>/env, and stops everything on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 
 from tests.cluster.binaries import REPO_ROOT, find_bin_dir
 from tests.cluster.control_plane import TestControlPlane
-from tests.cluster.image_map import default_map, write_map
+from tests.cluster.images import build_all
+from tests.cluster.packages import ensure_node_packages
 
 DEFAULT_DIR = REPO_ROOT / ".jobgate" / "cluster"
-UP_TIMEOUT_S = 120.0
+UP_TIMEOUT_S = 240.0
 DOWN_TIMEOUT_S = 45.0
 
 
@@ -59,7 +62,6 @@ class Files:
         self.kubeconfig = self.dir / "kubeconfig"
         self.env = self.dir / "env"
         self.log = self.dir / "cluster.log"
-        self.image_map = self.dir / "image-map.json"
 
     def running_pid(self) -> int | None:
         try:
@@ -80,10 +82,8 @@ def serve(files: Files) -> int:
     # started; afterwards it interrupts the pause below.
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
-    if not files.image_map.exists():
-        write_map(files.image_map, default_map())
     try:
-        plane = TestControlPlane.start(find_bin_dir(build=True), image_map_path=files.image_map)
+        plane = TestControlPlane.start(find_bin_dir(build=True), images=build_all())
     except Stop:
         files.clear()
         return 0
@@ -118,7 +118,10 @@ def up(files: Files) -> int:
         return 0
     files.dir.mkdir(parents=True, exist_ok=True)
     files.clear()
-    find_bin_dir(build=True)  # a cold build happens here, in the foreground, not in serve
+    # Cold builds happen here, in the foreground, not in serve (build_all is then a no-op).
+    ensure_node_packages()
+    find_bin_dir(build=True)
+    build_all()
     with files.log.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cluster", "serve", "--dir", str(files.dir)],
@@ -168,12 +171,19 @@ def status(files: Files) -> int:
     return 0
 
 
+def images(_files: Files) -> int:
+    ensure_node_packages()
+    for tag, archive in build_all().items():
+        print(f"{tag}\t{archive}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster",
                                      description="jobgate's test Kubernetes control plane")
-    parser.add_argument("command", choices=("up", "down", "serve", "status"))
+    parser.add_argument("command", choices=("up", "down", "serve", "status", "images"))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args(argv)
     files = Files(args.dir)
-    commands = {"up": up, "down": down, "serve": serve, "status": status}
+    commands = {"up": up, "down": down, "serve": serve, "status": status, "images": images}
     return commands[args.command](files)

@@ -2,11 +2,12 @@
 
 Registered by ``pytest_plugins = ["tests.cluster.fixtures"]`` in tests/conftest.py.
 
-* ``k8s_cluster`` (session): starts the test control plane once, or, when
+* ``k8s_cluster`` (session): starts the test cluster (control plane and a real node, with
+  the images built from the repository's Dockerfiles) once, or, when
   JOBGATE_TEST_KUBECONFIG names a kubeconfig, uses that cluster (kind, k3d, a real one).
 * Every test using it is marked ``cluster`` (so ``-m "not cluster"`` skips them).
-* The binaries are built, when the cache is cold, right after collection: outside any
-  test's timeout, and never skipped.
+* The binaries and images are built, when the cache is cold, right after collection:
+  outside any test's timeout, and never skipped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +24,12 @@ import pytest
 from tests.cluster.binaries import BinariesError, find_bin_dir
 from tests.cluster.control_plane import TestControlPlane
 from tests.cluster.handle import K8sCluster
+from tests.cluster.images import build_all
+from tests.cluster.packages import ensure_node_packages
 
 EXTERNAL_ENV = "JOBGATE_TEST_KUBECONFIG"
-IMAGE_MAP_ENV = "JOBGATE_TEST_IMAGE_MAP"
 FIXTURE = "k8s_cluster"
+IMAGES = pytest.StashKey[dict[str, Path]]()
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -49,24 +53,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Builds the binaries before the first test when a selected test needs the cluster."""
-    config = session.config
-    if config.option.collectonly or os.environ.get(EXTERNAL_ENV):
-        return
-    if not _needs_cluster(session.items):
+    """Prepares the cluster before the first test when a selected test needs it."""
+    if _needs_cluster(session.items):
+        prepare_cluster(session.config)
+
+
+def prepare_cluster(config: pytest.Config) -> None:
+    """Packages, binaries and images for the test cluster, before the first test: outside
+    any test's timeout, shown live on the terminal. Once per session."""
+    if config.option.collectonly or os.environ.get(EXTERNAL_ENV) or IMAGES in config.stash:
         return
     capture = config.pluginmanager.get_plugin("capturemanager")
-    try:
-        find_bin_dir(build=False)
-        return
-    except BinariesError:
-        pass
-    _say(config, "test control plane: building the Kubernetes binaries "
-                 "(cold cache: about 8 min on 2 cores; see docs/testing.md)")
-    # Show the build's progress live instead of holding it in pytest's capture.
+    # Show a build's progress live instead of holding it in pytest's capture.
     guard = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with guard:
-        find_bin_dir(build=True)
+        ensure_node_packages()
+        try:
+            find_bin_dir(build=False)
+        except BinariesError:
+            _say(config, "test cluster: building the Kubernetes binaries "
+                         "(cold cache: about 12 min on 2 cores; see docs/testing.md)")
+            find_bin_dir(build=True)
+        started = time.monotonic()
+        config.stash[IMAGES] = build_all()
+    _say(config, f"test cluster: images built from the Dockerfiles in "
+                 f"{time.monotonic() - started:.1f}s")
 
 
 @pytest.fixture(scope="session")
@@ -83,13 +94,14 @@ def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[K8sCluster]:
         shutil.rmtree(cluster.work_dir, ignore_errors=True)
         return
 
-    image_map = os.environ.get(IMAGE_MAP_ENV)
-    plane = TestControlPlane.start(
-        find_bin_dir(build=True), image_map_path=Path(image_map) if image_map else None
-    )
-    _say(request.config, f"test control plane: started in {plane.started_in_s:.1f}s "
+    prepare_cluster(request.config)
+    images = request.config.stash[IMAGES]
+    plane = TestControlPlane.start(find_bin_dir(build=True), images=images)
+    _say(request.config, f"test cluster: started in {plane.started_in_s:.1f}s "
                          f"at {plane.server}")
+    cluster = K8sCluster.from_plane(plane)
     try:
-        yield K8sCluster.from_plane(plane)
+        yield cluster
     finally:
+        cluster.close()
         plane.stop()

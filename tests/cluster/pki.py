@@ -138,10 +138,3 @@ def service_account_keys(directory: Path) -> KeyPair:
     return KeyPair(
         _write(directory / "sa.pub", public), _write(directory / "sa.key", _key_pem(key))
     )
-
-
-def self_signed(directory: Path, stem: str, host: str) -> KeyPair:
-    """A serving certificate for the test kubelet port (the API server does not verify it)."""
-    own = directory / f"{stem}-pki"  # its own CA files must not clobber anyone's ca.crt
-    own.mkdir(parents=True, exist_ok=True)
-    return CertificateAuthority(own, f"{stem}-ca").issue(stem, host, server=True, ips=(host,))

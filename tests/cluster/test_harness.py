@@ -1,13 +1,17 @@
-"""Tests of the test control plane itself: the API is real and Jobs really run.
+"""Tests of the test cluster itself: the API is real, the node is real, Jobs really run
+in containers from the images built from the repository.
 
-Each test works in its own namespace. On a real cluster (JOBGATE_TEST_KUBECONFIG), the
-tests that look at local processes are skipped; the rest run unchanged.
+Each test works in its own namespace. On an external cluster (JOBGATE_TEST_KUBECONFIG),
+the tests that look at this machine's processes and cgroups are skipped; the rest run
+unchanged (the image must then be in a registry that cluster pulls from).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import ipaddress
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,13 +21,19 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.cluster.binaries import read_versions
 from tests.cluster.handle import K8sCluster
+from tests.cluster.images import RUNTIME_IMAGES
 from tests.cluster.kube_client import JSON, KubeClient, KubeError
+from tests.cluster.node import NODE_IP, POD_CIDR
 
 pytestmark = pytest.mark.cluster
 
 T = TypeVar("T")
 WAIT_S = 60.0
+# The python3.11 runtime image: it has sh, coreutils and python3; commands override its
+# entrypoint. Never pulled: there is no registry, and nothing may go to one.
+IMAGE = RUNTIME_IMAGES[0].tag
 
 
 async def eventually(what: str, check: Callable[[], Awaitable[T | None]],
@@ -48,7 +58,8 @@ def job(name: str, command: list[str], **spec: Any) -> JSON:
             "template": {"spec": {
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 5,
-                "containers": [{"name": "main", "image": "busybox", "command": command}],
+                "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "Never",
+                                "command": command}],
             }},
         },
     }
@@ -61,20 +72,19 @@ def condition(obj: JSON, kind: str) -> JSON | None:
     return None
 
 
-def is_file(path: Path) -> bool:
-    return path.is_file()
-
-
-def is_dir(path: Path) -> bool:
-    return path.is_dir()
-
-
 def process_alive(pid: int, needle: bytes) -> bool:
     """True if pid is still the process whose command line holds `needle`."""
     try:
         return needle in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def host_pids(needle: bytes) -> list[int]:
+    """Host pids of the processes whose command line holds `needle` (containers' included:
+    the node is this machine)."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and process_alive(int(p.name), needle)]
 
 
 @pytest.fixture
@@ -101,7 +111,7 @@ async def ns(kube: KubeClient) -> AsyncIterator[str]:
 
 def local_only(cluster: K8sCluster) -> None:
     if not cluster.local:
-        pytest.skip("looks at local processes: only meaningful on the test control plane")
+        pytest.skip("looks at this machine's processes: only meaningful on the test node")
 
 
 async def get_or_none(kube: KubeClient, path: str) -> JSON | None:
@@ -144,22 +154,13 @@ async def test_job_past_its_deadline_fails_and_its_process_is_gone(
     k8s_cluster: K8sCluster, kube: KubeClient, ns: str
 ) -> None:
     local_only(k8s_cluster)
-    # `exec` keeps the printed pid for sleep; the odd duration makes it recognizable.
-    # Kubernetes reduces `$$` to `$` in commands, so the shell's `$$` is written `$$$$`.
+    # The odd duration makes the container's process recognizable on the host.
     await kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job(
-        "slow", ["sh", "-c", "echo $$$$; exec sleep 3171"], activeDeadlineSeconds=3))
+        "slow", ["sleep", "3171"], activeDeadlineSeconds=3))
 
-    async def running_pid() -> int | None:
-        for pod in await job_pods(kube, ns, "slow"):
-            statuses = pod["status"].get("containerStatuses") or [{}]
-            if "running" in statuses[0].get("state", {}):
-                log = await kube.text(
-                    f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}/log")
-                if log.strip().isdigit():
-                    return int(log)
-        return None
-    pid = await eventually("the Job's process to run", running_pid)
-    assert process_alive(pid, b"3171")
+    async def running() -> list[int] | None:
+        return host_pids(b"3171") or None
+    [pid] = await eventually("the Job's process to run", running)
 
     async def failed() -> JSON | None:
         return condition(await kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/slow"), "Failed")
@@ -192,13 +193,11 @@ async def test_a_pod_process_is_reachable_on_its_pod_ip(
     k8s_cluster: K8sCluster, kube: KubeClient, ns: str
 ) -> None:
     local_only(k8s_cluster)
-    image = f"jobgate-test/python-{uuid.uuid4().hex[:6]}"
-    k8s_cluster.add_image(image, [sys.executable])
     await kube.create(f"/api/v1/namespaces/{ns}/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
         "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
-            "name": "web", "image": f"{image}:1.0",
-            "args": ["-m", "http.server", "8080", "--bind", "$(POD_IP)"],
+            "name": "web", "image": IMAGE, "imagePullPolicy": "Never",
+            "command": ["python3", "-m", "http.server", "8080", "--directory", "/etc"],
             "ports": [{"name": "http", "containerPort": 8080}],
             "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
         }]},
@@ -209,12 +208,64 @@ async def test_a_pod_process_is_reachable_on_its_pod_ip(
         return pod if condition(pod, "Ready") else None
     pod = await eventually("the pod to be Ready", ready)
     pod_ip = pod["status"]["podIP"]
-    assert pod_ip.startswith("127.") and pod_ip != "127.0.0.1"
+    assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR), pod_ip
+    assert pod["status"]["hostIP"] == NODE_IP
     assert pod["status"]["containerStatuses"][0]["ready"] is True
 
     async with httpx.AsyncClient(timeout=5) as client:
-        answer = await client.get(f"http://{pod_ip}:8080/")
-    assert answer.status_code == 200
+        answer = await client.get(f"http://{pod_ip}:8080/hostname")
+    assert answer.status_code == 200 and answer.text.strip() == "web"
+
+
+async def test_a_service_routes_to_its_pod_through_kube_proxy(
+    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+) -> None:
+    local_only(k8s_cluster)
+    await kube.create(f"/api/v1/namespaces/{ns}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "svc-web",
+                                                       "labels": {"app": "svc-web"}},
+        "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "web", "image": IMAGE, "imagePullPolicy": "Never",
+            "command": ["python3", "-m", "http.server", "8080", "--directory", "/etc"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        }]},
+    })
+    service = await kube.create(f"/api/v1/namespaces/{ns}/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "svc-web"},
+                 "ports": [{"port": 80, "targetPort": "http"}]}})
+    cluster_ip = service["spec"]["clusterIP"]
+
+    async def answers() -> str | None:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                reply = await client.get(f"http://{cluster_ip}/hostname")
+        except httpx.HTTPError:
+            return None
+        return reply.text.strip() if reply.status_code == 200 else None
+    assert await eventually("the Service to route", answers) == "svc-web"
+
+
+async def test_the_node_is_a_real_kubelet_on_containerd(
+    k8s_cluster: K8sCluster, kube: KubeClient
+) -> None:
+    local_only(k8s_cluster)
+    node = await kube.get(f"/api/v1/nodes/{k8s_cluster.node_name}")
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == read_versions()["KUBERNETES_VERSION"]
+    assert info["containerRuntimeVersion"] == \
+        f"containerd://{read_versions()['CONTAINERD_VERSION'].lstrip('v')}"
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses["InternalIP"] == NODE_IP
+    assert condition(node, "Ready") and not node["spec"].get("taints")
+
+    async def images() -> set[str] | None:  # the kubelet reports them a little later
+        found = await kube.get(f"/api/v1/nodes/{k8s_cluster.node_name}")
+        names = {n for image in found["status"].get("images") or []
+                 for n in image.get("names") or []}
+        return names if {image.tag for image in RUNTIME_IMAGES} <= names else None
+    await eventually("the node to report the runtime images", images)
 
 
 async def test_field_validation_rejects_a_malformed_job(kube: KubeClient, ns: str) -> None:
@@ -237,8 +288,8 @@ async def test_field_validation_rejects_a_malformed_job(kube: KubeClient, ns: st
 
 def pod(name: str, command: list[str], labels: dict[str, str] | None = None,
         **spec: Any) -> JSON:
-    container = {"name": "main", "image": "busybox", "command": command,
-                 **spec.pop("container", {})}
+    container = {"name": "main", "image": IMAGE, "imagePullPolicy": "Never",
+                 "command": command, **spec.pop("container", {})}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
             "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
                      "containers": [container], **spec}}
@@ -251,31 +302,20 @@ async def wait_phase(kube: KubeClient, ns: str, name: str, *phases: str) -> JSON
     return await eventually(f"pod {name} to reach {phases}", reached)
 
 
-async def test_unpullable_image_waits_and_never_starts(
-    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
-) -> None:
-    if k8s_cluster.local:  # on a real cluster, neither image exists anywhere anyway
-        k8s_cluster.fail_pull("example.com/private/tool")
-    for name, image in (("marked", "jobgate-test/unpullable:1"),
-                        ("listed", "example.com/private/tool:2.0")):
-        await kube.create(f"/api/v1/namespaces/{ns}/pods",
-                          pod(name, ["sh", "-c", "echo must-not-run"],
-                              container={"image": image}))
-        seen: list[str] = []
+async def test_missing_image_waits_and_never_starts(kube: KubeClient, ns: str) -> None:
+    # Pull policy Never: the kubelet must not reach out to any registry to find it.
+    await kube.create(f"/api/v1/namespaces/{ns}/pods",
+                      pod("missing", ["sh", "-c", "echo must-not-run"],
+                          container={"image": "docker.io/jobgate/runtime-missing:0.1.0"}))
 
-        async def backoff(name: str = name, seen: list[str] = seen) -> bool:
-            found = await kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
-            state = (found["status"].get("containerStatuses") or [{}])[0].get("state", {})
-            reason = state.get("waiting", {}).get("reason")
-            assert "running" not in state and "terminated" not in state, state
-            # ContainerCreating may come first, as on a kubelet before it pulls.
-            if reason in ("ErrImagePull", "ImagePullBackOff") and reason not in seen:
-                seen.append(reason)
-            return bool(reason == "ImagePullBackOff")
-        await eventually("ImagePullBackOff", backoff)
-        assert seen[:2] == ["ErrImagePull", "ImagePullBackOff"]
-        assert (await kube.get(f"/api/v1/namespaces/{ns}/pods/{name}"))["status"]["phase"] \
-            == "Pending"
+    async def never_pull() -> bool:
+        found = await kube.get(f"/api/v1/namespaces/{ns}/pods/missing")
+        state = (found["status"].get("containerStatuses") or [{}])[0].get("state", {})
+        assert "running" not in state and "terminated" not in state, state
+        return bool(state.get("waiting", {}).get("reason") == "ErrImageNeverPull")
+    await eventually("ErrImageNeverPull", never_pull)
+    assert (await kube.get(f"/api/v1/namespaces/{ns}/pods/missing"))["status"]["phase"] \
+        == "Pending"
 
 
 async def test_failure_reports_exit_code_and_reason(kube: KubeClient, ns: str) -> None:
@@ -290,10 +330,9 @@ async def test_failure_reports_exit_code_and_reason(kube: KubeClient, ns: str) -
 async def test_memory_limit_is_enforced_as_oomkilled(
     k8s_cluster: K8sCluster, kube: KubeClient, ns: str
 ) -> None:
-    local_only(k8s_cluster)
     hog = "x = bytearray(300 * 1024 * 1024); import time; time.sleep(60)"
     await kube.create(f"/api/v1/namespaces/{ns}/pods", pod(
-        "hog", [sys.executable, "-c", hog],
+        "hog", ["python3", "-c", hog],
         container={"resources": {"limits": {"memory": "64Mi"}}}))
     found = await wait_phase(kube, ns, "hog", "Succeeded", "Failed")
     terminated = found["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -301,9 +340,8 @@ async def test_memory_limit_is_enforced_as_oomkilled(
 
 
 async def test_readiness_waits_for_the_probe_and_volumes_are_materialized(
-    k8s_cluster: K8sCluster, kube: KubeClient, ns: str
+    kube: KubeClient, ns: str
 ) -> None:
-    local_only(k8s_cluster)
     await kube.create(f"/api/v1/namespaces/{ns}/configmaps", {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
         "data": {"greeting": "hello from a configmap"}})
@@ -312,15 +350,14 @@ async def test_readiness_waits_for_the_probe_and_volumes_are_materialized(
         "stringData": {"TOKEN": "s3cret"}})
     script = (
         'cat /etc/settings/greeting; echo; echo "token=$TOKEN name=$MY_NAME ip=$MY_IP"; '
-        'echo "ws=$JOBGATE_WORKSPACE_ROOT vol=$KUBE_TEST_VOLUME_WORK"; cat /etc/info/labels; '
-        'echo "tmp=$TMPDIR scratch=$KUBE_TEST_VOLUME_SCRATCH home=$HOME"; '
+        "cat /etc/info/labels; echo; touch /tmp/scratch && echo tmp-writable; "
         "sleep 1.5; touch /workspace/ready; exec sleep 300"
     )
     await kube.create(f"/api/v1/namespaces/{ns}/pods", pod(
         "vols", ["sh", "-c", script], labels={"app": "vols"},
         volumes=[
             {"name": "work", "emptyDir": {}},
-            {"name": "scratch", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
             {"name": "settings", "configMap": {"name": "settings"}},
             {"name": "info", "downwardAPI": {"items": [
                 {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
@@ -333,7 +370,7 @@ async def test_readiness_waits_for_the_probe_and_volumes_are_materialized(
             ],
             "volumeMounts": [
                 {"name": "work", "mountPath": "/workspace"},
-                {"name": "scratch", "mountPath": "/tmp"},  # agent paths under /tmp unharmed
+                {"name": "scratch", "mountPath": "/tmp"},
                 {"name": "settings", "mountPath": "/etc/settings"},
                 {"name": "info", "mountPath": "/etc/info"},
             ],
@@ -350,15 +387,9 @@ async def test_readiness_waits_for_the_probe_and_volumes_are_materialized(
         return found if condition(found, "Ready") else None
     found = await eventually("the readiness probe to pass", ready)
     log = await kube.text(f"/api/v1/namespaces/{ns}/pods/vols/log")
-    lines = log.splitlines()
-    assert lines[0] == "hello from a configmap"
-    assert lines[1] == f"token=s3cret name=vols ip={found['status']['podIP']}"
-    workspace, volume = lines[2].removeprefix("ws=").split(" vol=")
-    assert workspace == volume and is_file(Path(workspace, "ready"))
-    assert lines[3] == 'app="vols"'
-    tmp, rest = lines[4].removeprefix("tmp=").split(" scratch=")
-    scratch, home = rest.split(" home=")
-    assert tmp == scratch and is_dir(Path(tmp)) and is_dir(Path(home))
+    assert log.splitlines()[:4] == [
+        "hello from a configmap", f"token=s3cret name=vols ip={found['status']['podIP']}",
+        'app="vols"', "tmp-writable"]
 
 
 async def test_pod_deletion_kills_the_whole_process_tree(
@@ -370,19 +401,15 @@ async def test_pod_deletion_kills_the_whole_process_tree(
         "tree", ["sh", "-c", "setsid sleep 3172 & echo started; exec sleep 3173"]))
     await wait_phase(kube, ns, "tree", "Running")
 
-    def pids(needle: bytes) -> list[int]:
-        return [int(p.name) for p in Path("/proc").iterdir()
-                if p.name.isdigit() and process_alive(int(p.name), needle)]
-
     async def both_started() -> bool:
-        return bool(pids(b"3172")) and bool(pids(b"3173"))
+        return bool(host_pids(b"3172")) and bool(host_pids(b"3173"))
     await eventually("both processes", both_started)
     await kube.delete(f"/api/v1/namespaces/{ns}/pods/tree")
 
     async def deleted() -> bool:
         return await get_or_none(kube, f"/api/v1/namespaces/{ns}/pods/tree") is None
     await eventually("the pod object to go", deleted, within=30)
-    assert not pids(b"3172") and not pids(b"3173")
+    assert not host_pids(b"3172") and not host_pids(b"3173")
 
 
 async def test_service_account_kubeconfig_has_exactly_its_role(
@@ -408,3 +435,28 @@ async def test_service_account_kubeconfig_has_exactly_its_role(
             with pytest.raises(KubeError) as denied:
                 await reader.get(forbidden)
             assert denied.value.status == 403
+
+
+def test_the_by_hand_check_in_docs_testing_md_works_as_printed(
+    k8s_cluster: K8sCluster
+) -> None:
+    """The kubectl lines of docs/testing.md's `make cluster-up` section, run as printed."""
+    local_only(k8s_cluster)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
+    section = doc.split("## By hand: `make cluster-up`", 1)[1].split("```sh", 1)[1]
+    block = section.split("```", 1)[0]
+    lines = [line.split("   #")[0].strip() for line in block.splitlines()
+             if line.startswith("kubectl")]
+    expected = [line.split("   #", 1)[1].strip() for line in block.splitlines()
+                if line.startswith("kubectl") and "   #" in line][-1]
+    assert lines and expected, block
+    env = {**os.environ, "KUBECONFIG": str(k8s_cluster.kubeconfig),
+           "PATH": f"{k8s_cluster.bin_dir}:{os.environ.get('PATH', '')}"}
+    try:
+        out = subprocess.run(["bash", "-ec", "\n".join(lines)], env=env, capture_output=True,
+                             text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == expected, out.stdout
+    finally:
+        subprocess.run(["bash", "-c", "kubectl delete job hello --wait=false"], env=env,
+                       capture_output=True, timeout=60, check=False)

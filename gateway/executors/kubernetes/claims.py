@@ -90,10 +90,17 @@ class Claims:
             if worker is not None:
                 return worker
             if job is not None:
-                failure = self._start_failure_of(pool, job) or pool.failures.pop(job, None)
+                # The pool controller's verdict first: it deletes the Job of a worker that
+                # will never start, and the pod, deleted, would then read as WorkerLost.
+                failure = pool.failures.pop(job, None) or self._start_failure_of(pool, job)
                 if failure is not None:
                     self.jobs.delete_soon(job)
                     raise WorkerStartFailed(failure.message, reason=failure.reason)
+            elif pool.failures:
+                # No worker of this call's own, and the profile's workers fail to start
+                # (its image is missing, it crashes): say why instead of waiting it out.
+                failure = list(pool.failures.values())[-1]
+                raise WorkerStartFailed(failure.message, reason=failure.reason)
 
     def _start_failure_of(self, pool: ProfilePool, job: str) -> PodFailure | None:
         """Why the worker this call started will never start. Only while it is unclaimed:

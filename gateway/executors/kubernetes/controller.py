@@ -89,6 +89,7 @@ class PoolController:
             if failure is not None and pod.job and not pod.deleting:
                 pool.failures[pod.job] = failure
                 await self.api.delete_job(pod.job)
+                pool.wake()  # the calls waiting on this profile learn why
         for pod in idle:
             if pod.age_s(now) > pool.profile.pool.max_idle_age_s:
                 await self._retire(pod)

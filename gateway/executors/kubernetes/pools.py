@@ -75,6 +75,7 @@ class ProfilePool:
         if pod.state is WorkerState.IDLE and pod.ready:
             if previous is None or not previous.ready:
                 self.sizer.started(max(0.0, time.time() - pod.created))
+                self.failures.clear()  # the profile's workers start again
             self.wake()
         if pod.state is WorkerState.CLAIMED and previous is not None \
                 and previous.state is WorkerState.IDLE:

@@ -46,6 +46,8 @@ def worker_job(profile: Profile, settings: KubernetesSettings, *, name: str, tok
     labels = worker_labels(profile)
     deadline = int(profile.pool.max_idle_age_s + profile.max_timeout_s + DEADLINE_SLACK_S)
     port = settings.runner_port
+    cpu_request = profile.request_cpu or profile.default_cpu
+    memory_request = profile.request_memory_mb or profile.default_memory_mb
     container: Obj = {
         "name": "runner",
         "image": profile.image,
@@ -62,8 +64,8 @@ def worker_job(profile: Profile, settings: KubernetesSettings, *, name: str, tok
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": port},
                            "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1},
         "resources": {
-            "requests": {"cpu": f"{int(profile.default_cpu * 1000)}m",
-                         "memory": f"{profile.default_memory_mb}Mi"},
+            "requests": {"cpu": f"{max(1, round(cpu_request * 1000))}m",
+                         "memory": f"{memory_request}Mi"},
             "limits": {"cpu": f"{int(profile.max_cpu * 1000)}m",
                        "memory": f"{profile.max_memory_mb}Mi"},
         },
@@ -91,6 +93,9 @@ def worker_job(profile: Profile, settings: KubernetesSettings, *, name: str, tok
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    # The node's resolver: workers use no cluster service by name, and a
+                    # cluster without DNS would warn on every pod (MissingClusterDNS).
+                    "dnsPolicy": "Default",
                     "terminationGracePeriodSeconds": 5,
                     "securityContext": {
                         "runAsNonRoot": True, "runAsUser": WORKER_UID,
