@@ -131,6 +131,12 @@ class Limits:
             setrl(resource.RLIMIT_DATA, (self.memory_bytes, self.memory_bytes))
         nproc = self.nproc
         if uid is None and os.geteuid() != 0:
+            if not _sees_every_process():
+                # A container (a worker pod): RLIMIT_NPROC counts every task of the uid on
+                # the whole node, every other worker pod's included, and none of them can
+                # be seen from here to budget for. The pod's pids cgroup (the kubelet's
+                # podPidsLimit) bounds the code instead.
+                return
             # RLIMIT_NPROC counts every process of the real uid: without a uid of its own,
             # the worker's budget is added to what this user already runs.
             nproc += _count_processes_of(os.getuid())
@@ -203,6 +209,16 @@ def _become_subreaper() -> None:
     pr_set_child_subreaper = 36
     with contextlib.suppress(OSError, AttributeError):
         _libc().prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _sees_every_process() -> bool:
+    """Whether this process is in the host's pid namespace: there, pid 2 is the kernel's
+    kthreadd; a container's own pid namespace does not show it."""
+    try:
+        with open("/proc/2/comm") as f:
+            return f.read().strip() == "kthreadd"
+    except OSError:
+        return False
 
 
 def _count_processes_of(uid: int) -> int:
