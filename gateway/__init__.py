@@ -1,0 +1,1 @@
+"""jobgate: a function gateway running code in single-use, sandboxed workers."""

@@ -1,0 +1,1 @@
+"""The HTTP API: the Starlette app, its routes, errors, OpenAPI document and server."""

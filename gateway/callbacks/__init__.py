@@ -1,0 +1,1 @@
+"""Webhook callbacks: signed (Standard Webhooks), SSRF-checked, delivered with retries."""

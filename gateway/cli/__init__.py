@@ -1,0 +1,1 @@
+"""The jobgate command line: serve, invoke, and the other client commands."""

@@ -1,0 +1,1 @@
+"""Configuration: the settings read from JOBGATE_* and the profile catalogue."""

@@ -1,0 +1,1 @@
+"""From an accepted request to a recorded result: admission, running, retries, recovery."""

@@ -1,0 +1,1 @@
+"""The Prometheus metrics the gateway exports on /metrics."""
