@@ -4,14 +4,16 @@ default-deny NetworkPolicy, enforced by kube-router's firewall."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.cluster.node import NODE_IP
+from tests.cluster.node import NODE_IP, SERVICE_CIDR
 from tests.k8s_gateway import PY, c, get_json, gw, k8s_env, worker_pod
 from tests.support import invoke, wait_until
 
@@ -41,6 +43,7 @@ facts["workspace_write"] = "ok"
 print(json.dumps(facts))
 """
 ZERO_CAPS = "0000000000000000"
+KUBERNETES_SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR)[1])
 
 
 def test_a_worker_runs_as_its_pod_spec_says(c: httpx.Client) -> None:
@@ -136,8 +139,13 @@ def test_a_worker_reaches_neither_other_workers_nor_the_nodes_services(
     other, kubelet = f"{worker_ip}:8080", f"{NODE_IP}:10250"
     # Both listen: the host reaches them, so a failure below is the policy's doing.
     assert _listening(NODE_IP, 10250) and _listening(worker_ip, 8080)
-    results = _connect(c, PY, other, kubelet)
-    assert set(results) == {other, kubelet} and "connected" not in results.values(), results
+    # The API server: at the `kubernetes` Service's address, and at its own port on the
+    # node (it listens on the host's loopback only, which no pod reaches).
+    api_port = urlsplit(k8s_env["cluster"].server).port
+    api = [f"{KUBERNETES_SERVICE_IP}:443", f"{NODE_IP}:{api_port}"]
+    results = _connect(c, PY, other, kubelet, *api)
+    assert set(results) == {other, kubelet, *api}, results
+    assert "connected" not in results.values(), results
 
 
 def test_a_network_profile_reaches_out_and_the_others_still_cannot(
