@@ -668,3 +668,17 @@ def test_notes_say_how_to_reach_it_and_make_a_key(helm: Helm, tmp_path: Path) ->
     assert "jobgate keys new TENANT" in notes
     assert "port-forward svc/jobgate" in notes
     assert f"http://jobgate.{NAMESPACE}.svc.cluster.local:8080" in notes
+
+
+def test_the_install_examples_render(helm: Helm) -> None:
+    """docs/kubernetes.md's worked examples (AWS with IRSA, MinIO in the cluster) are values
+    the chart takes."""
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    install = text[text.index("## Install"):text.index("## RBAC")]
+    blocks = re.findall(r"```yaml\n(.*?)```", install, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        values = yaml.safe_load(block.replace("<sha256hex>", hash_key(KEY)))
+        rendered = helm.template(values)
+        assert rendered.value("JOBGATE_WORKER_GATEWAY_URL") == \
+            f"http://{values['service']['clusterIP']}:8080"
