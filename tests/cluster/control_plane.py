@@ -1,5 +1,6 @@
-"""The test cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
-127.0.0.1 with free ports and one temp dir, and one real node (tests/cluster/node.py).
+"""The test cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler with
+free ports and one temp dir (the API server on the node IP, the rest on 127.0.0.1), and one
+real node (tests/cluster/node.py).
 
     plane = TestControlPlane.start(bin_dir, images=build_all())
     ... plane.kubeconfig, plane.server ...
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 
 from tests.cluster import kubeconfig
 from tests.cluster.kube_client import KubeClient, KubeError
-from tests.cluster.node import NODE_NAME, SERVICE_CIDR, RealNode
+from tests.cluster.node import NODE_IP, NODE_NAME, SERVICE_CIDR, RealNode
 from tests.cluster.pki import CertificateAuthority, service_account_keys
 from tests.cluster.processes import (
     ManagedProcess,
@@ -133,10 +135,13 @@ class TestControlPlane:
 
         ca = CertificateAuthority(pki_dir)
         etcd_port, etcd_peer, api_port, kcm_port, sched_port = (free_port() for _ in range(5))
-        self.server = f"https://127.0.0.1:{api_port}"
+        # On the node IP: the host and the pods reach it there, nothing else does.
+        self.server = f"https://{NODE_IP}:{api_port}"
+        kubernetes_service_ip = str(ipaddress.ip_network(SERVICE_CIDR)[1])
         serving = ca.issue("apiserver", "kube-apiserver", server=True,
                            dns=("localhost", "kubernetes", "kubernetes.default",
-                                "kubernetes.default.svc"), ips=("127.0.0.1", "10.0.0.1"))
+                                "kubernetes.default.svc"),
+                           ips=("127.0.0.1", NODE_IP, kubernetes_service_ip))
         admin = ca.issue("admin", "jobgate-test-admin", orgs=("system:masters",), client=True)
         # What the API server presents to the kubelet (logs, exec, port-forward).
         kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
@@ -157,7 +162,7 @@ class TestControlPlane:
         ])
         apiserver = self._process("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={NODE_IP}", f"--advertise-address={NODE_IP}",
             f"--secure-port={api_port}",
             f"--cert-dir={self.work_dir / 'apiserver-certs'}",
             f"--tls-cert-file={serving.cert_path}", f"--tls-private-key-file={serving.key_path}",
@@ -167,9 +172,6 @@ class TestControlPlane:
             f"--service-account-key-file={sa.cert_path}",
             f"--service-account-signing-key-file={sa.key_path}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # The API server listens on 127.0.0.1 only, which no pod can reach: the
-            # `kubernetes` Service gets no endpoints rather than a wrong one.
-            "--endpoint-reconciler-type=none",
             f"--kubelet-client-certificate={kubelet_client.cert_path}",
             f"--kubelet-client-key={kubelet_client.key_path}",
             "--kubelet-preferred-address-types=InternalIP",
@@ -177,6 +179,9 @@ class TestControlPlane:
             "--profiling=false",
             "--v=1",
         ])
+        self.node = RealNode(self.bin_dir, self.work_dir, self.server, ca, self.kubeconfig,
+                             self.images)
+        self.node.prepare()
         etcd.start()
         apiserver.start()
         ca_context = ssl.create_default_context(cafile=str(ca.pair.cert_path))
@@ -214,8 +219,6 @@ class TestControlPlane:
                  lambda: https_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure),
                  timeout=START_TIMEOUT_S, watch=everything)
         run_async(self._bind_node_role())
-        self.node = RealNode(self.bin_dir, self.work_dir, self.server, ca, self.kubeconfig,
-                             self.images)
         self.node.start()
         wait_for("node Ready and default ServiceAccount", lambda: run_async(self._api_ready()),
                  timeout=START_TIMEOUT_S, interval=0.2, watch=everything + self.node.processes)

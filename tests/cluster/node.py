@@ -83,7 +83,9 @@ class RealNode:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """The node's network, before the control plane: the API server listens on the
+        node IP, where pods (a gateway installed by the chart) reach it."""
         self._take_lock()
         clean_leftovers()  # of a harness that died without its teardown
         RUN_DIR.mkdir(mode=0o700, exist_ok=True)
@@ -91,6 +93,9 @@ class RealNode:
         self.record.mount_roots.append(str(self.dir / "kubelet"))
         self.record.save(self.record_path)
         self._make_bridge()
+
+    def start(self) -> None:
+        """containerd, the images, the kubelet and kube-proxy (after prepare)."""
         self._write_files()
         containerd = self._daemon("containerd", [
             str(self.bin_dir / "containerd"), "--config", str(self.dir / "etc/containerd.toml")],

@@ -25,7 +25,7 @@ from tests.cluster.binaries import read_versions
 from tests.cluster.handle import K8sCluster
 from tests.cluster.images import RUNTIME_IMAGES
 from tests.cluster.kube_client import JSON, KubeClient, KubeError
-from tests.cluster.node import NODE_IP, POD_CIDR
+from tests.cluster.node import NODE_IP, POD_CIDR, SERVICE_CIDR
 
 pytestmark = pytest.mark.cluster
 
@@ -245,6 +245,30 @@ async def test_a_service_routes_to_its_pod_through_kube_proxy(
             return None
         return reply.text.strip() if reply.status_code == 200 else None
     assert await eventually("the Service to route", answers) == "svc-web"
+
+
+IN_CLUSTER = r"""
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+request = urllib.request.Request(f"https://{host}:{port}/version", headers={
+    "Authorization": "Bearer " + open(f"{sa}/token").read()})
+context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+print(host, json.load(urllib.request.urlopen(request, context=context, timeout=10))["gitVersion"])
+"""
+
+
+async def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(
+    kube: KubeClient, ns: str
+) -> None:
+    await kube.create(f"/api/v1/namespaces/{ns}/pods",
+                      pod("in-cluster", ["python3", "-c", IN_CLUSTER]))
+    found = await wait_phase(kube, ns, "in-cluster", "Succeeded", "Failed")
+    log = await kube.text(f"/api/v1/namespaces/{ns}/pods/in-cluster/log")
+    assert found["status"]["phase"] == "Succeeded", log
+    host, version = log.split()
+    assert ipaddress.ip_address(host) in ipaddress.ip_network(SERVICE_CIDR)
+    assert version == read_versions()["KUBERNETES_VERSION"]
 
 
 async def test_the_node_is_a_real_kubelet_on_containerd(
