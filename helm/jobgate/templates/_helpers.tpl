@@ -59,7 +59,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "jobgate.terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
-{{- add (ceil .Values.config.shutdownGraceS) 10 -}}
+{{- add (ceil .Values.config.shutdownGraceS) 10 (int .Values.preStopSleepSeconds) -}}
 {{- else -}}
 {{- .Values.terminationGracePeriodSeconds -}}
 {{- end -}}
