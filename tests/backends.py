@@ -155,6 +155,8 @@ def kubernetes_env(cluster: Any, work: Path, *, s3_port: int, gateway_port: int,
         # The images are imported on the node. Never pull: there is no registry, and a
         # missing image must not send the kubelet out to one.
         "JOBGATE_K8S_IMAGE_PULL_POLICY": "Never",
+        # The test cluster has no DNS: the node's resolver, not a MissingClusterDNS warning.
+        "JOBGATE_K8S_WORKER_DNS_POLICY": "Default",
         # 200 workers cold-starting on a 2-core test node take longer than the default.
         "JOBGATE_SYNC_WAIT_S": "300",
     }

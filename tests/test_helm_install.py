@@ -50,7 +50,8 @@ def release(k8s_cluster: Any, seaweedfs: Any,
         "s3": {"endpoint": f"http://{s3}", "bucket": f"helm-{namespace}", "createBucket": True,
                "credentials": {"accessKeyId": seaweedfs.access_key,
                                "secretAccessKey": seaweedfs.secret_key}},
-        "workers": {"egressCidrs": [f"{s3.split(':')[0]}/32"], "imagePullPolicy": "Never"},
+        "workers": {"egressCidrs": [f"{s3.split(':')[0]}/32"], "imagePullPolicy": "Never",
+                    "dnsPolicy": "Default"},  # the test cluster has no DNS
         "service": {"clusterIP": SERVICE_IP},
         "profiles": {
             "python3.11": {**TINY, "pool": {"min": 1, "max": 2}},

@@ -90,6 +90,9 @@ class KubernetesSettings(_Group):
     egress_cidrs: Csv = Field(default_factory=list)
     manage_network_policy: bool = True
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # Worker pods' dnsPolicy: ClusterFirst resolves Service names (the gateway's URL, an
+    # in-cluster store); Default uses the node's resolver (a cluster without DNS).
+    worker_dns_policy: Literal["ClusterFirst", "Default"] = "ClusterFirst"
 
 
 class S3Settings(_Group):

@@ -93,9 +93,9 @@ def worker_job(profile: Profile, settings: KubernetesSettings, *, name: str, tok
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    # The node's resolver: workers use no cluster service by name, and a
-                    # cluster without DNS would warn on every pod (MissingClusterDNS).
-                    "dnsPolicy": "Default",
+                    # ClusterFirst, or the node's resolver on a cluster without DNS
+                    # (which would warn MissingClusterDNS on every pod).
+                    "dnsPolicy": settings.worker_dns_policy,
                     "terminationGracePeriodSeconds": 5,
                     "securityContext": {
                         "runAsNonRoot": True, "runAsUser": WORKER_UID,
