@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.config.profiles import Profile, ProfileCatalog, load_profiles
 from gateway.config.settings import KubernetesSettings, Settings
@@ -290,3 +291,19 @@ async def test_one_of_two_replicas_leads_and_the_other_takes_over(settings: Sett
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_replica_whose_token_is_refused_still_stops(settings: Settings) -> None:
+    """Seen on a Helm rollout: a terminating gateway pod's ServiceAccount token is refused
+    (401), so deleting its own Lease fails; its stop must finish all the same (the Lease
+    expires by itself)."""
+    api = FakeKubeApi()
+    replica = LeaseMembership(settings.model_copy(update={"replica_id": "a"}), api=api)
+    await replica.start()
+    await until(lambda: replica.leads)
+
+    async def refused(name: str) -> None:
+        raise ApiException(status=401, reason="Unauthorized")
+    api.delete_lease = refused  # type: ignore[method-assign]
+    await replica.stop()
+    assert not replica.leads

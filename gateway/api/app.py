@@ -163,13 +163,17 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
             await gateway.service.drain(settings.shutdown_grace_s)
             recovery.cancel()
             await asyncio.gather(recovery, return_exceptions=True)
-            await gateway.janitor.stop()
-            await gateway.executor.stop()
-            await gateway.service.wait_all(10)
-            # Present until its own work is done or left: then it is the leader's.
-            await gateway.membership.stop()
-            await gateway.deliverer.close()
-            await gateway.store.close()
+            # Each step runs whatever the one before it raised: a stop that gives up
+            # half-way leaves sessions open and the exit status says "failed".
+            for step in (gateway.janitor.stop, gateway.executor.stop,
+                         lambda: gateway.service.wait_all(10),
+                         # Present until its own work is done or left: then the leader's.
+                         gateway.membership.stop, gateway.deliverer.close,
+                         gateway.store.close):
+                try:
+                    await step()
+                except Exception:  # logged; the next step still runs
+                    log.exception("a shutdown step failed; going on with the next")
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
     attach(app, gateway, build_openapi(jobgate_version(), ROUTES,

@@ -144,7 +144,14 @@ class ReplicaHeartbeat:
 
     async def stop(self) -> None:
         await self.elector.stop()
-        await self.api.delete_lease(self.elector.name)
+        try:
+            await self.api.delete_lease(self.elector.name)
+        except Missing:
+            pass
+        except Exception as e:  # noqa: BLE001 - a stop must finish: the lease expires anyway
+            # Seen on a rollout: a terminating pod's ServiceAccount token is refused (401).
+            log.warning("could not delete this replica's lease %s (%s); it expires in %ss",
+                        self.elector.name, e, self.elector.duration_s)
 
     async def live_replicas(self) -> set[str]:
         listing = await self.api.list_leases(REPLICA_SELECTOR)
