@@ -59,7 +59,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "jobgate.terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
-{{- add (ceil .Values.config.shutdownGraceS) 10 (int .Values.preStopSleepSeconds) -}}
+{{- /* uvicorn waits up to shutdownGraceS + 5 for the requests in flight, then the drain up
+to shutdownGraceS for their invocations; the pod's ServiceAccount token is refused (401)
+once the grace period is over, so the whole stop must fit in it. */ -}}
+{{- add (mul 2 (ceil .Values.config.shutdownGraceS)) 15 (int .Values.preStopSleepSeconds) -}}
 {{- else -}}
 {{- .Values.terminationGracePeriodSeconds -}}
 {{- end -}}
