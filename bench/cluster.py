@@ -122,18 +122,8 @@ class KubernetesTarget:
             # of a one-minute window; at steady state they are part of every invocation.
             "JOBGATE_K8S_JOB_TTL_S": "5",
             "JOBGATE_K8S_IMAGE_PULL_POLICY": "Never",
-            **self._exposed(gateway_port, s3_port),
+            **self.cluster.worker_reach_env(gateway_port, s3_port),
         }
-
-    def _exposed(self, gateway_port: int, s3_port: int | None) -> dict[str, str]:
-        if not getattr(self.cluster, "local", False):
-            return {}
-        gateway = self.cluster.expose_to_pods(gateway_port)
-        env = {"JOBGATE_WORKER_GATEWAY_URL": f"http://{gateway}",
-               "JOBGATE_K8S_EGRESS_CIDRS": f"{gateway.split(':')[0]}/32"}
-        if s3_port is not None:
-            env["JOBGATE_S3_ENDPOINT"] = f"http://{self.cluster.expose_to_pods(s3_port)}"
-        return env
 
     def release(self, name: str, timeout_s: float = 90.0) -> None:
         """Deletes gateway ``name``'s namespace and waits (bounded) until it is gone, so

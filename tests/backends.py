@@ -160,14 +160,7 @@ def kubernetes_env(cluster: Any, work: Path, *, s3_port: int, gateway_port: int,
         # 200 workers cold-starting on a 2-core test node take longer than the default.
         "JOBGATE_SYNC_WAIT_S": "300",
     }
-    if cluster.local:
-        s3 = cluster.expose_to_pods(s3_port)
-        worker_gateway = cluster.expose_to_pods(gateway_port)
-        env.update({
-            "JOBGATE_S3_ENDPOINT": f"http://{s3}",
-            "JOBGATE_WORKER_GATEWAY_URL": f"http://{worker_gateway}",
-            "JOBGATE_K8S_EGRESS_CIDRS": f"{s3.split(':')[0]}/32",
-        })
+    env.update(cluster.worker_reach_env(gateway_port, s3_port))
     return env, namespace
 
 

@@ -60,6 +60,20 @@ class K8sCluster:
         self.forwarders.append(forwarder)
         return forwarder.address
 
+    def worker_reach_env(self, gateway_port: int, s3_port: int | None) -> dict[str, str]:
+        """The settings that let a gateway's workers reach it (on gateway_port) and S3 (on
+        s3_port), both on this machine's loopback: through forwarders on the node's
+        services address, the one address their default-deny policy is opened to. Empty
+        on an external cluster."""
+        if not self.local:
+            return {}
+        gateway = self.expose_to_pods(gateway_port)
+        env = {"JOBGATE_WORKER_GATEWAY_URL": f"http://{gateway}",
+               "JOBGATE_K8S_EGRESS_CIDRS": f"{SERVICES_IP}/32"}
+        if s3_port is not None:
+            env["JOBGATE_S3_ENDPOINT"] = f"http://{self.expose_to_pods(s3_port)}"
+        return env
+
     def close(self) -> None:
         for forwarder in self.forwarders:
             forwarder.stop()

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -156,14 +155,16 @@ class Builder:
 
     # -- bases -------------------------------------------------------------------------------
 
+    def _stamp_path(self, tag: str) -> Path:
+        return self.stamps / hashlib.sha256(tag.encode()).hexdigest()[:16]
+
     def _stamped(self, tag: str, inputs: str) -> bool:
-        stamp = self.stamps / (hashlib.sha256(tag.encode()).hexdigest()[:16])
+        stamp = self._stamp_path(tag)
         return (stamp.exists() and stamp.read_text() == inputs
                 and self.image_id(tag) is not None)
 
     def _stamp(self, tag: str, inputs: str) -> None:
-        stamp = self.stamps / (hashlib.sha256(tag.encode()).hexdigest()[:16])
-        stamp.write_text(inputs)
+        self._stamp_path(tag).write_text(inputs)
 
     def rootfs_base(self, tag: str, packages: Sequence[str], *, hooks: Sequence[str] = (),
                     env: Sequence[str] = (), extra_inputs: str = "") -> None:
@@ -343,8 +344,3 @@ def _run(argv: Sequence[str], what: str, *, env: dict[str, str] | None = None,
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         raise ImageBuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-
-
-def remove_builder_cache() -> None:
-    """For a cold-cache run by hand: everything this module made."""
-    shutil.rmtree(cache_root() / "images", ignore_errors=True)
