@@ -31,6 +31,7 @@ from tests.cluster.processes import ManagedProcess, wait_for
 
 NODE_NAME = "jobgate-test-node"
 BRIDGE = "cni0"
+BRIDGE_MAC = "02:6a:67:00:00:01"  # locally administered (the 02 bit), ours
 NODE_IP = "10.88.0.1"
 POD_CIDR = "10.88.0.0/16"
 # Where host services the workers may use (the gateway's worker port, S3) are exposed:
@@ -157,7 +158,11 @@ class RealNode:
 
     def _make_bridge(self) -> None:
         host_state.remove_link(BRIDGE)
-        _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        # A bridge whose address is not set takes the lowest of its ports' addresses, so it
+        # changes as pods come and go; pods then send to the node IP under a stale MAC and
+        # their connections to the node time out until ARP runs again (seen as S3 and API
+        # timeouts from gateway pods during a rollout). A fixed address does not move.
+        _sh("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
         _sh("ip", "addr", "add", f"{NODE_IP}/16", "dev", BRIDGE)
         _sh("ip", "addr", "add", f"{SERVICES_IP}/32", "dev", BRIDGE)
         _sh("ip", "link", "set", BRIDGE, "up")
