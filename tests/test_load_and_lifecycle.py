@@ -136,3 +136,47 @@ def test_sigterm_drains_in_flight_sync_calls(tmp_path: Path) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the status is -15.
     assert gw.proc is not None and gw.proc.returncode in (0, -15)
     assert "Application shutdown complete" in gw.log()
+
+
+def test_sigterm_answers_a_sync_call_still_running_at_the_grace_with_202(
+        tmp_path: Path) -> None:
+    # The call outlives the grace: the stopping gateway answers 202 and the invocation's
+    # Location within the grace instead of leaving uvicorn to cancel the request (a 500),
+    # and the next start finishes what it left.
+    gw = GatewayProcess(tmp_path / "data", env={"JOBGATE_SHUTDOWN_GRACE_S": "2"}).start()
+    results: list[tuple[float, httpx.Response]] = []
+
+    async def call() -> None:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30,
+                                     headers={"Authorization": f"Bearer {KEY_A}"}) as c:
+            r = await c.post("/v1/invocations", json={
+                "profile": PY, "code": "import time; time.sleep(8); print('late')"})
+            results.append((time.monotonic(), r))
+
+    async def main() -> float:
+        task = asyncio.create_task(call())
+        await asyncio.sleep(1.0)
+        signalled = time.monotonic()
+        stopper = asyncio.create_task(asyncio.to_thread(gw.stop))
+        await task
+        await stopper
+        return signalled
+
+    signalled = asyncio.run(main())
+    answered_at, r = results[0]
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] in ("queued", "running")
+    assert r.headers["location"].endswith(f"/v1/invocations/{body['id']}")
+    assert answered_at - signalled < 2 + 3  # the grace, and time to answer
+    assert "Application shutdown complete" in gw.log()
+    gw.start()
+    try:
+        with gw.client() as c:
+            done = wait_until(lambda: (b := c.get(f"/v1/invocations/{body['id']}",
+                                                  params={"wait": 20}).json())["status"]
+                              not in ("queued", "running") and b, timeout_s=60,
+                              message="the invocation ended after the restart")
+            assert done["status"] in ("succeeded", "error"), done
+    finally:
+        gw.stop()

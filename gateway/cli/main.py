@@ -38,11 +38,10 @@ class CliError(Exception):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
     from gateway.api.app import StartupError, create_app
-    from gateway.api.server import HttpLimits, LimitedHttpProtocol
+    from gateway.api.serve import GatewayServer
     from gateway.config.settings import Settings, describe
 
     try:
@@ -59,12 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (StartupError, ValueError, OSError) as e:
         print(f"jobgate: {e}", file=sys.stderr)
         return 2
-    # Keep-alive longer than the usual load balancer idle timeout (60 s): otherwise the
-    # gateway closes connections a client or balancer is about to reuse.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_keep_alive=75,
-                http=LimitedHttpProtocol.with_limits(HttpLimits.from_settings(settings)),
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5)
+    GatewayServer(app, settings).run()
     return 0
 
 

@@ -97,9 +97,18 @@ class Dispatcher:
     def accepting(self) -> bool:
         return self.admission.accepting
 
+    def begin_stop(self, grace_s: float) -> None:
+        """The server is stopping (SIGTERM): refuse new invocations and report not ready
+        now; callers still waiting get their answer within ``grace_s``, before the server
+        would cancel their requests (an answer of 202 and a Location to poll, which a
+        peer replica serves once the invocation ends)."""
+        self.admission.accepting = False
+        asyncio.get_running_loop().call_later(grace_s, self.lifecycle.end_waits)
+
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; give in-flight invocations up to ``grace_s`` to finish."""
         self.admission.accepting = False
+        self.lifecycle.end_waits()
         pending = [live.done for live in self.live.all()]
         if pending:
             log.info("draining %d in-flight invocation(s), up to %.0fs", len(pending), grace_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from gateway.dispatch.results import apply_report, fail, with_storage_retries
 from gateway.dispatch.retries import Reruns
 from gateway.errors import (
     AlreadyFinished,
+    ExecutorUnavailable,
     JobgateError,
     StorageUnavailable,
     WorkerFailure,
@@ -30,6 +32,7 @@ from gateway.models import InvocationCreate, InvocationRecord, Reason, Status, W
 
 log = logging.getLogger("jobgate.dispatch")
 UNREACHABLE_RETRIES = 3
+EXECUTOR_RETRY_BUDGET_S = 30.0
 
 
 class Lifecycle:
@@ -40,6 +43,21 @@ class Lifecycle:
         self.reruns = reruns
         self.deliverer = deliverer
         self.live = live
+        # Resolved when the gateway stops and its callers' waits must end (made in the
+        # event loop, on first use: the gateway is built before the loop runs).
+        self._waits_over: asyncio.Future[None] | None = None
+
+    @property
+    def waits_over(self) -> asyncio.Future[None]:
+        if self._waits_over is None:
+            self._waits_over = asyncio.get_running_loop().create_future()
+        return self._waits_over
+
+    def end_waits(self) -> None:
+        """Every wait, current and later, ends now: a stopping server answers its waiting
+        callers (202 and the invocation's URL) before it would have to cut them off."""
+        if not self.waits_over.done():
+            self.waits_over.set_result(None)
 
     def start(self, record: InvocationRecord, plan: Plan, req: InvocationCreate
               ) -> LiveInvocation:
@@ -76,6 +94,9 @@ class Lifecycle:
             fail(record, e.reason, str(e))
         except StorageUnavailable as e:  # reading a report the worker stored
             fail(record, Reason.StorageUnavailable, e.message)
+        except ExecutorUnavailable as e:  # past its retries: not a bug, a state
+            fail(record, Reason.WorkerLost if live.worker else Reason.StartFailed,
+                 f"the executor was unavailable: {e.message}")
         except Exception as e:  # a bug of ours: the invocation ends recorded all the same
             log.exception("invocation %s: an internal error of the gateway ended it",
                           record.id)
@@ -111,7 +132,7 @@ class Lifecycle:
         assignment = make_assignment(plan, live.request, record.id, settings, number)
         await self.outputs.prepare(assignment, record, plan)
         for attempt in range(UNREACHABLE_RETRIES):
-            worker = await executor.acquire(plan.profile, record.id)
+            worker = await self._acquire(live)
             live.worker = worker
             claimed = time.monotonic()
             if attempt == 0:
@@ -152,6 +173,22 @@ class Lifecycle:
                 metrics.phase.labels(record.profile, "run").observe(run_ms / 1000)
             return report
         raise WorkerLost("no worker could be reached")
+
+    async def _acquire(self, live: LiveInvocation) -> WorkerHandle:
+        """A worker for the invocation; while the executor is unavailable (its API
+        refusing or unreachable for a moment, as in a rollout), tried again with backoff
+        for up to EXECUTOR_RETRY_BUDGET_S: no code has run yet, so waiting is safe."""
+        started, delay = time.monotonic(), 0.25
+        while True:
+            try:
+                return await self.parts.executor.acquire(live.plan.profile, live.record.id)
+            except ExecutorUnavailable as e:
+                if time.monotonic() - started > EXECUTOR_RETRY_BUDGET_S:
+                    raise
+                log.warning("invocation %s: %s; claiming again in %.1fs", live.record.id,
+                            e.message, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
 
     def apply(self, live: LiveInvocation, report: WorkerReport) -> None:
         apply_report(live.record, report, timeout_s=live.plan.timeout_s,
@@ -201,11 +238,12 @@ class Lifecycle:
             live.done.set_result(record)
 
     async def wait(self, live: LiveInvocation, timeout_s: float) -> InvocationRecord | None:
-        """The record once the run ends, None if it has not within ``timeout_s``."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(live.done), timeout_s)
-        except TimeoutError:
-            return None
+        """The record once the run ends, None if it has not within ``timeout_s`` (or the
+        gateway is stopping). ``asyncio.wait`` cancels neither future."""
+        if not live.done.done():
+            await asyncio.wait((live.done, self.waits_over), timeout=timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        return live.done.result() if live.done.done() else None
 
     async def cancel(self, tenant: str, invocation_id: str) -> InvocationRecord:
         live = self.live.get(invocation_id, tenant)
