@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.config.profiles import Profile, ProfileCatalog, load_profiles
 from gateway.config.settings import KubernetesSettings, Settings
+from gateway.errors import ExecutorUnavailable
 from gateway.executors.kubernetes import KubernetesExecutor
 from gateway.executors.kubernetes.controller import SURPLUS_IDLE_AFTER_S, PoolController
 from gateway.executors.kubernetes.jobs import WorkerJobs
@@ -23,6 +23,7 @@ from gateway.executors.kubernetes.pools import Pools
 from gateway.executors.kubernetes.spec import WORKERS_SELECTOR, worker_job
 from gateway.executors.kubernetes.tracker import PodTracker
 from gateway.ids import new_invocation_id, new_token
+from gateway.kube.base import Conflict, Gone, Missing, Refused
 from gateway.kube.names import label_value
 from gateway.membership.leases import LeaseMembership
 from tests.fakes import FakeKubeApi, FakeMembership
@@ -303,7 +304,25 @@ async def test_a_replica_whose_token_is_refused_still_stops(settings: Settings) 
     await until(lambda: replica.leads)
 
     async def refused(name: str) -> None:
-        raise ApiException(status=401, reason="Unauthorized")
+        # What the real client raises on a 401 (gateway/kube/api.py).
+        raise ExecutorUnavailable("delete leases: the Kubernetes API answered 401: "
+                                  "Unauthorized", retry_after=5)
     api.delete_lease = refused  # type: ignore[method-assign]
     await replica.stop()
     assert not replica.leads
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (404, Missing), (409, Conflict), (410, Gone), (401, ExecutorUnavailable),
+    (403, ExecutorUnavailable), (429, ExecutorUnavailable), (503, ExecutorUnavailable),
+    (422, Refused), (400, Refused)])
+def test_an_api_refusal_is_a_type_with_its_status_and_message(status: int,
+                                                              kind: type) -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from gateway.kube.api import _translate
+    error = _translate("create jobs", ApiException(status=status, reason="the server's word"))
+    assert isinstance(error, kind)
+    if kind in (ExecutorUnavailable, Refused):
+        assert str(status) in str(error) and "the server's word" in str(error)
+        assert "create jobs" in str(error)

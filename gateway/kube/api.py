@@ -15,13 +15,13 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.errors import ExecutorUnavailable
-from gateway.kube.base import Conflict, Gone, Missing, WatchEvent
+from gateway.kube.base import Conflict, Gone, Missing, Refused, WatchEvent
 from gateway.kube.objects import Obj
 
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def _raise_for_status(status: int, data: bytes) -> None:
+def _raise_for_status(verb: str, status: int, data: bytes) -> None:
     """kubernetes-asyncio raises on an error status only when it parses the body itself;
     with raw responses (``_preload_content=False``) that is ours to do. Without it, a 409 on
     a claim would read as a successful claim."""
@@ -31,17 +31,26 @@ def _raise_for_status(status: int, data: bytes) -> None:
         reason = str(orjson.loads(data).get("message", ""))
     except (orjson.JSONDecodeError, AttributeError):
         reason = data[:200].decode(errors="replace")
-    raise _translate(ApiException(status=status, reason=reason))
+    raise _translate(verb, ApiException(status=status, reason=reason))
 
 
-def _translate(e: ApiException) -> Exception:
+# Refusals that pass: throttled, overloaded or restarting, a token being rotated or a Role
+# being (re)applied, as in a rollout. The call may be made again later.
+TRANSIENT = {401, 403, 429, 500, 502, 503, 504}
+
+
+def _translate(verb: str, e: ApiException) -> Exception:
+    reason = str(e.reason or "")
     if e.status == 409:
-        return Conflict(str(e.reason))
+        return Conflict(reason)
     if e.status == 410:
-        return Gone(str(e.reason))
+        return Gone(reason)
     if e.status == 404:
-        return Missing(str(e.reason))
-    return e
+        return Missing(reason)
+    if e.status in TRANSIENT:
+        return ExecutorUnavailable(f"{verb}: the Kubernetes API answered {e.status}: "
+                                   f"{reason}", retry_after=5)
+    return Refused(verb, e.status, reason)
 
 
 async def load_api_client(kubeconfig: str) -> client.ApiClient:
@@ -84,9 +93,9 @@ class KubeClient:
         try:
             resp = await fn(*args, _preload_content=False, **kwargs)
             data = await resp.read()
-            _raise_for_status(resp.status, data)
+            _raise_for_status(verb, resp.status, data)
         except ApiException as e:
-            raise _translate(e) from None
+            raise _translate(verb, e) from None
         except (TimeoutError, OSError) as e:
             raise ExecutorUnavailable(f"the Kubernetes API is unreachable: {e!r}",
                                       retry_after=5) from e
@@ -111,13 +120,13 @@ class KubeClient:
                 timeout_seconds=timeout_s, _preload_content=False,
                 _request_timeout=timeout_s + 30)
         except ApiException as e:
-            raise _translate(e) from None
+            raise _translate("watch pods", e) from None
         except OSError as e:
             raise ExecutorUnavailable(f"the Kubernetes API is unreachable: {e!r}") from e
         if resp.status != 200:
             data = await resp.read()
             resp.release()
-            _raise_for_status(resp.status, data)
+            _raise_for_status("watch pods", resp.status, data)
         try:
             while line := await resp.content.readline():
                 event: WatchEvent = orjson.loads(line)
@@ -125,7 +134,8 @@ class KubeClient:
                     status = event.get("object", {})
                     if status.get("code") == 410:
                         raise Gone(status.get("message", "gone"))
-                    raise ApiException(status=status.get("code"), reason=status.get("message"))
+                    raise _translate("watch pods", ApiException(
+                        status=status.get("code"), reason=status.get("message")))
                 yield event
         finally:
             resp.release()
@@ -133,6 +143,12 @@ class KubeClient:
     async def patch_pod(self, name: str, patch: Obj) -> Obj:
         return await self._call("patch pods", self.core.patch_namespaced_pod, name,
                                 self.namespace, patch, _content_type=MERGE_PATCH)
+
+    # -- config maps ----------------------------------------------------------------------
+
+    async def get_config_map(self, name: str) -> Obj:
+        return await self._call("get configmaps", self.core.read_namespaced_config_map, name,
+                                self.namespace)
 
     # -- jobs ---------------------------------------------------------------------------
 

@@ -22,6 +22,15 @@ class Missing(Exception):
     """404."""
 
 
+class Refused(Exception):
+    """Any other refusal (400, 422: a request the API server will never accept as it is),
+    with the status and the server's message: a bug to report, not a state to wait out."""
+
+    def __init__(self, verb: str, status: int | None, message: str):
+        super().__init__(f"{verb}: the Kubernetes API answered {status}: {message}")
+        self.status = status
+
+
 class WatchEvent(TypedDict):
     type: str  # ADDED, MODIFIED, DELETED or BOOKMARK (an ERROR is raised, never yielded)
     object: Obj
@@ -53,6 +62,10 @@ class KubeApi(Protocol):
     async def patch_pod(self, name: str, patch: Obj) -> Obj:
         """A JSON merge patch; a ``metadata.resourceVersion`` in it is a precondition
         (Conflict when the pod has changed since)."""
+
+    # -- the owner of what the gateway creates
+
+    async def get_config_map(self, name: str) -> Obj: ...
 
     # -- jobs: one per worker
 
