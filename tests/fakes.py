@@ -183,6 +183,7 @@ class FakeKubeApi:
         self.jobs: dict[str, Obj] = {}
         self.leases: dict[str, Obj] = {}
         self.network_policies: dict[str, Obj] = {}
+        self.config_maps: dict[str, Obj] = {}
         self._version = 0
         self._events: list[tuple[int, WatchEvent]] = []
         self._changed = asyncio.Event()
@@ -246,6 +247,14 @@ class FakeKubeApi:
                                  if k != "resourceVersion"})
         self._pod_event("MODIFIED", self._bump(pod))
         return copy.deepcopy(pod)
+
+    # -- config maps ----------------------------------------------------------------------
+
+    async def get_config_map(self, name: str) -> Obj:
+        await self._round_trip("get configmaps")
+        if name not in self.config_maps:
+            raise Missing(f"configmaps {name!r} not found")
+        return copy.deepcopy(self.config_maps[name])
 
     # -- jobs ---------------------------------------------------------------------------
 

@@ -405,8 +405,10 @@ def test_without_the_charts_policies_the_gateway_applies_them(helm: Helm) -> Non
 def test_helm_rbac_yaml_is_what_the_chart_renders(helm: Helm) -> None:
     """helm/rbac.yaml (the plain-kubectl path, and the Role the cluster tests run with) is
     kept by hand, with its comments; it must be the chart's RBAC for a release named
-    jobgate when the gateway manages the workers' policies."""
-    rendered = helm.template({"workers": {"manageNetworkPolicy": False}})
+    jobgate when the gateway manages the workers' policies and no chart ConfigMap owns
+    its Jobs."""
+    rendered = helm.template({"workers": {"manageNetworkPolicy": False,
+                                          "deleteWithRelease": False}})
     chart = [portable(rendered.one(kind)) for kind in ("ServiceAccount", "Role", "RoleBinding")]
     plain = [d for d in yaml.safe_load_all((ROOT / "helm" / "rbac.yaml").read_text()) if d]
     assert chart == plain
@@ -414,6 +416,19 @@ def test_helm_rbac_yaml_is_what_the_chart_renders(helm: Helm) -> None:
         "/pods": ["list", "watch", "patch"], "batch/jobs": ["create", "delete"],
         "networking.k8s.io/networkpolicies": ["create", "patch"],
         "coordination.k8s.io/leases": ["get", "list", "create", "update", "delete"]}
+
+
+def test_the_release_owns_the_workers_by_default(helm: Helm) -> None:
+    rendered = helm.template(release="edge")
+    assert rendered.value("JOBGATE_K8S_OWNER_CONFIGMAP") == "edge-jobgate-profiles"
+    assert rendered.one("ConfigMap", "edge-jobgate-profiles")
+    role = rendered.one("Role")
+    readable = [r for r in role["rules"] if r["resources"] == ["configmaps"]]
+    assert readable == [{"apiGroups": [""], "resources": ["configmaps"],
+                         "resourceNames": ["edge-jobgate-profiles"], "verbs": ["get"]}]
+    alone = helm.template({"workers": {"deleteWithRelease": False}})
+    assert alone.value("JOBGATE_K8S_OWNER_CONFIGMAP") == ""
+    assert "/configmaps" not in rules(alone)
 
 
 def test_another_release_name_keeps_the_gateway_labels(helm: Helm) -> None:

@@ -41,6 +41,8 @@ GROUPED: dict[str, tuple[str, str, Any]] = {
     "JOBGATE_K8S_MANAGE_NETWORK_POLICY": ("0", "kubernetes.manage_network_policy", False),
     "JOBGATE_K8S_IMAGE_PULL_POLICY": ("Never", "kubernetes.image_pull_policy", "Never"),
     "JOBGATE_K8S_WORKER_DNS_POLICY": ("Default", "kubernetes.worker_dns_policy", "Default"),
+    "JOBGATE_K8S_OWNER_CONFIGMAP": ("rel-profiles", "kubernetes.owner_configmap",
+                                    "rel-profiles"),
     "JOBGATE_K8S_REPLICA_ID": ("old-name", "replica_id", "old-name"),  # not the group's
     "JOBGATE_S3_ENDPOINT": ("http://s3:9000", "s3.endpoint", "http://s3:9000"),
     "JOBGATE_S3_BUCKET": ("bucket", "s3.bucket", "bucket"),

@@ -93,6 +93,9 @@ class KubernetesSettings(_Group):
     # Worker pods' dnsPolicy: ClusterFirst resolves Service names (the gateway's URL, an
     # in-cluster store); Default uses the node's resolver (a cluster without DNS).
     worker_dns_policy: Literal["ClusterFirst", "Default"] = "ClusterFirst"
+    # A ConfigMap in the namespace that owns what the gateway creates (worker Jobs, the
+    # policies): deleting it (a `helm uninstall`) has Kubernetes delete them all.
+    owner_configmap: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
 
 
 class S3Settings(_Group):

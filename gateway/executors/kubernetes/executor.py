@@ -25,7 +25,7 @@ from gateway.executors.base import Executor, WorkerHandle
 from gateway.executors.kubernetes.claims import Claims
 from gateway.executors.kubernetes.controller import PoolController
 from gateway.executors.kubernetes.endings import PodEndings
-from gateway.executors.kubernetes.jobs import WorkerJobs
+from gateway.executors.kubernetes.jobs import WorkerJobs, owner_reference
 from gateway.executors.kubernetes.pools import Pools
 from gateway.executors.kubernetes.recovery import Recovery
 from gateway.executors.kubernetes.runs import Runs
@@ -82,10 +82,14 @@ class KubernetesExecutor(Executor):
     async def start(self) -> None:
         settings, identity = self.settings.kubernetes, self.membership.identity
         api = self._given_api or await connect(settings.kubeconfig, settings.namespace)
+        owner = (await owner_reference(api, settings.owner_configmap)
+                 if settings.owner_configmap else None)
         if settings.manage_network_policy:
             for policy in network_policies(settings):
+                if owner is not None:
+                    policy["metadata"]["ownerReferences"] = [owner]
                 await api.apply_network_policy(policy)
-        jobs = WorkerJobs(api, settings, identity)
+        jobs = WorkerJobs(api, settings, identity, owner)
         parts = _Parts(
             api=api, jobs=jobs,
             claims=Claims(api, self.tracker, self._pools, jobs, settings, identity=identity),
