@@ -8,6 +8,9 @@
 #   ctr                                    (go install github.com/containerd/containerd/v2/...)
 #   kube-router                            (go install github.com/cloudnativelabs/kube-router/v2/...)
 #   helm                                   (go install helm.sh/helm/v3/cmd/helm@version)
+#   monitoring-crds.yaml                   (controller-gen on prometheus-operator's API
+#                                           types: the ServiceMonitor and PrometheusRule
+#                                           CRDs the chart's dry-run tests install)
 # Versions come from hack/k8s/versions.env. Test infrastructure only: nothing here ships.
 #
 # Usage: hack/k8s/build.sh [--check | --print-dir]
@@ -39,7 +42,7 @@ esac
 cache_root=${JOBGATE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jobgate}
 k8s_root=$cache_root/k8s
 out=$k8s_root/$KUBERNETES_VERSION
-groups=(etcd kube node containerd netpol helm)
+groups=(etcd kube node containerd netpol helm crds)
 
 binaries_of() {
 	case "$1" in
@@ -49,6 +52,7 @@ binaries_of() {
 	containerd) echo containerd containerd-shim-runc-v2 ctr ;;
 	netpol) echo kube-router ;;
 	helm) echo helm ;;
+	crds) echo monitoring-crds.yaml ;;
 	esac
 }
 
@@ -59,15 +63,16 @@ version_of() {
 	containerd) echo "$CONTAINERD_VERSION" ;;
 	netpol) echo "$KUBE_ROUTER_VERSION" ;;
 	helm) echo "$HELM_VERSION" ;;
+	crds) echo "$PROMETHEUS_OPERATOR_VERSION+$CONTROLLER_TOOLS_VERSION" ;;
 	esac
 }
 
-# A group is complete when its stamp names the pinned version and every binary is there.
+# A group is complete when its stamp names the pinned version and every file is there.
 is_complete() {
 	local group=$1 bin
 	[[ "$(cat "$out/.stamp-$group" 2>/dev/null)" == "$(version_of "$group")" ]] || return 1
 	for bin in $(binaries_of "$group"); do
-		[[ -x "$out/$bin" ]] || return 1
+		[[ -f "$out/$bin" ]] || return 1
 	done
 }
 
@@ -241,6 +246,25 @@ build_helm() {
 	# helm.sh/helm/v3 has no replace lines, so go install pkg@version works as is.
 	(cd "$tmp" && GOBIN="$tmp" go install -trimpath -ldflags "$ldflags" \
 		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+}
+
+# The monitoring CRDs, generated from the API types' Go module (the operator's own module,
+# with the YAML in it, is not on the module proxy here): what the API server then
+# validates a ServiceMonitor or PrometheusRule against is the operator's real schema.
+build_crds() {
+	(cd "$tmp" && GOBIN="$tmp/bin" go install -trimpath \
+		"sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_TOOLS_VERSION")
+	local types=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring
+	mkdir -p "$tmp/mod" "$tmp/crds"
+	write_wrapper_header jobgate-crds >"$tmp/mod/go.mod"
+	printf 'require %s %s\n' "$types" "$PROMETHEUS_OPERATOR_VERSION" >>"$tmp/mod/go.mod"
+	printf 'package crds\n\nimport _ "%s/v1"\n' "$types" >"$tmp/mod/crds.go"
+	(cd "$tmp/mod" && go mod tidy &&
+		"$tmp/bin/controller-gen" crd paths="$types/v1" output:crd:dir="$tmp/crds")
+	local kind
+	for kind in servicemonitors prometheusrules; do
+		cat "$tmp/crds/monitoring.coreos.com_$kind.yaml"
+	done >"$tmp/monitoring-crds.yaml"
 }
 
 echo "k8s build: $go_version, $(nproc) cores, into $out (cold GOCACHE: $cold_gocache)" >&2
