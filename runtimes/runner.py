@@ -28,6 +28,7 @@ import base64
 import contextlib
 import errno
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -1038,7 +1039,8 @@ class RunnerServer:
 
     def __init__(self, listener: socket.socket, token: str, workspace_root: str,
                  uid: int | None, preloaded_python: bool, netns_fd: int | None = None,
-                 sandbox: Any = None, seccomp_program: bytes | None = None) -> None:
+                 sandbox: Any = None, seccomp_program: bytes | None = None,
+                 unshare_net: bool = False) -> None:
         self.listener = listener
         self.token = token
         self.uid = uid
@@ -1067,6 +1069,10 @@ class RunnerServer:
             def lockdown() -> None:
                 if netns_fd is not None:
                     _enter_network_namespace(netns_fd)
+                elif unshare_net:
+                    # A new, empty one of its own, made by the init itself: no helper
+                    # process to fork (and exit) per worker.
+                    _unshare_network_namespace()
                 if seccomp_program is not None:
                     _SECCOMP_INSTALL(seccomp_program)
 
@@ -1238,6 +1244,11 @@ def _empty_network_namespace() -> int | None:
     return fd
 
 
+def _unshare_network_namespace() -> None:
+    if _libc().unshare(CLONE_NEWNET) != 0:
+        raise OSError("could not make the worker's network namespace")
+
+
 def _enter_network_namespace(fd: int) -> None:
     if _libc().setns(fd, CLONE_NEWNET) != 0:
         raise OSError("could not enter the worker's network namespace")
@@ -1280,6 +1291,7 @@ class Protections:
         self.cgroup_version = ""
         self.tree: Any = None
         self.zygote_pid = os.getpid()
+        self.can_unshare_net = False
 
     def setup(self, workspace_root: str, readonly: list[str], cgroup_name: str,
               scratch_default: int) -> None:
@@ -1310,6 +1322,11 @@ class Protections:
                                          orphaned_cleanup=self._remove_tree_if_orphaned)
 
         self.sandbox = make
+        # Tried once here: whether a worker's init may make its own network namespace.
+        probe = _empty_network_namespace()
+        if probe is not None:
+            os.close(probe)
+            self.can_unshare_net = True
 
     def seccomp(self) -> None:
         global _SECCOMP_INSTALL
@@ -1381,6 +1398,10 @@ def zygote_main(workspace_root: str, preload_python: bool, sandboxed: bool = Fal
     # The zygote ends with the gateway that started it, even one killed outright.
     _die_with_parent(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Everything made so far is kept for good: the collector of a forked worker then
+    # never walks (and so never copies, page by page) the zygote's objects.
+    gc.collect()
+    gc.freeze()
     out.write(b"zygote %d %s\n" % (os.getpid(), protections.hello()))
     out.flush()
     try:
@@ -1417,14 +1438,20 @@ def _serve_spawns(out: Any, zygote_pid: int, workspace_root: str, preload_python
                 _die_with_parent(signal.SIGTERM)
                 if os.getppid() != zygote_pid:
                     os._exit(0)  # the zygote died before we could ask
-                netns = _empty_network_namespace() if net_s == "1" else None
-                isolated = netns is not None
+                # Sandboxed, the init makes the namespace itself (it runs as root until
+                # the code's fork); unsandboxed, a helper makes it for the code to enter.
+                init_net = net_s == "1" and protections.sandbox is not None \
+                    and protections.can_unshare_net
+                netns = _empty_network_namespace() if net_s == "1" and not init_net \
+                    else None
+                isolated = init_net or netns is not None
                 sandbox = None
                 if protections.sandbox is not None:
                     sandbox = functools.partial(protections.sandbox,
                                                 scratch_bytes=int(scratch_s) * 1024 * 1024)
                 server = RunnerServer(listener, token, workspace_root, uid, preload_python,
-                                      netns, sandbox, protections.seccomp_program)
+                                      netns, sandbox, protections.seccomp_program,
+                                      unshare_net=init_net)
                 out.write(f"ready {worker_id} {os.getpid()} {port} {int(isolated)}\n".encode())
                 out.flush()
                 devnull = os.open(os.devnull, os.O_RDWR)

@@ -334,6 +334,36 @@ finally:
 # -- row 5: no other process is visible --------------------------------------------------
 
 
+NO_NETWORK = {
+    "python3.11": "import socket\nprint(sorted(n for _, n in socket.if_nameindex()))\n"
+                  "s = socket.socket()\ns.settimeout(2)\n"
+                  "try:\n    s.connect(('127.0.0.1', {port}))\n    print('reached')\n"
+                  "except OSError as e:\n    print('refused', e.errno)",
+    "bash": "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' \\n'; echo; "
+            "(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo reached || echo refused",
+}
+
+
+@pytest.mark.parametrize("profile", list(NO_NETWORK))
+def test_a_profile_without_network_reaches_nothing_not_even_the_hosts_loopback(
+        client: httpx.Client, profile: str) -> None:
+    """An empty network namespace of the worker's own: only a loopback that is down, so a
+    server on the host's 127.0.0.1 (this test's, listening) is out of reach."""
+    import socket
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    try:
+        body = _ok(invoke(client, profile=profile,
+                          code=NO_NETWORK[profile].replace("{port}", str(port))).json())
+    finally:
+        listener.close()
+    first, second = body["stdout"].splitlines()[:2]
+    assert first.strip() in ("['lo']", "lo"), body["stdout"]
+    assert second.startswith("refused"), body["stdout"]
+
+
 def test_other_calls_processes_and_arguments_are_invisible(client: httpx.Client,
                                                            client_b: httpx.Client,
                                                            gateway: GatewayProcess) -> None:
