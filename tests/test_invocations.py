@@ -9,11 +9,12 @@ import json
 import shutil
 import time
 import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import invoke, wait_until
+from tests.support import invoke, running_gateway, wait_until
 
 PY = "python3.11"
 
@@ -293,3 +294,24 @@ def test_openapi_is_generated_from_the_models(client: httpx.Client) -> None:
     # What is answered, not what is stored (tests/test_openapi_contract.py checks the rest).
     assert "tenant" not in doc["components"]["schemas"]["Invocation"]["properties"]
     assert "InvocationRecord" not in doc["components"]["schemas"]
+
+
+def test_small_output_is_kept_in_the_record_and_large_output_beside_it(
+        tmp_path: Path) -> None:
+    """One object to write and to read for the usual small output; output over 16 KiB in
+    objects of its own. Either way the API gives back the same bytes."""
+    with running_gateway(tmp_path) as gw, gw.client() as c:
+        small = invoke(c, profile=PY, code="import sys; print('out'); "
+                                            "print('err', file=sys.stderr)").json()
+        large = invoke(c, profile=PY, code="print('x' * 40000)").json()
+        for body, stdout, stderr in ((small, "out\n", "err\n"), (large, "x" * 40000 + "\n", "")):
+            got = c.get(f"/v1/invocations/{body['id']}").json()
+            assert (got["stdout"], got["stderr"]) == (stdout, stderr)
+            logs = c.get(f"/v1/invocations/{body['id']}/logs").json()
+            assert (logs["stdout"], logs["stderr"]) == (stdout, stderr)
+            assert c.get(f"/v1/invocations/{body['id']}/logs",
+                         params={"stream": "stdout"}).text == stdout
+        objects = gw.data_dir / "objects" / "tenant-a"
+        assert sorted(p.name for p in (objects / small["id"]).iterdir()) == \
+            ["record.json", "request.json"]
+        assert {"stdout", "stderr"} <= {p.name for p in (objects / large["id"]).iterdir()}

@@ -153,10 +153,10 @@ async def get_logs(request: Request) -> Response:
     gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
     record = await gw.service.get(tenant, inv)
-    if record.status.terminal:
-        stdout, stderr = await gw.records.logs(tenant, inv)
-    else:
-        stdout, stderr = "", ""
+    if record.status.terminal and record.stdout is None:  # a live record's last moment
+        record = await gw.records.load(tenant, inv)
+    stdout, stderr = ((record.stdout or "", record.stderr or "") if record.status.terminal
+                      else ("", ""))
     stream = request.query_params.get("stream")
     if stream in ("stdout", "stderr"):
         return PlainTextResponse(stdout if stream == "stdout" else stderr)
@@ -315,6 +315,8 @@ async def metrics(request: Request) -> Response:
             calls[verb] = calls.get(verb, 0) + count
     for verb, count in calls.items():
         gw.metrics.k8s_api_calls.labels(verb).set(count)
+    for operation, count in gw.store.requests.items():
+        gw.metrics.storage_requests.labels(operation).set(count)
     for pool in gw.executor.pools():
         for state in ("idle", "starting", "busy", "queued"):
             gw.metrics.pool_workers.labels(pool.profile, state).set(getattr(pool, state))

@@ -196,7 +196,9 @@ class Lifecycle:
                      outputs_lost=self.outputs.lost(report))
 
     def _save_in_background(self, live: LiveInvocation) -> None:
-        """The 'running' state is worth recording, not worth waiting for."""
+        """The 'running' state is worth recording, not worth waiting for. (Nor may it be
+        skipped for a short call: after a crash, recovery runs a record that says
+        'queued' as one that never ran.)"""
         snapshot = live.record.model_copy(deep=True)
 
         async def save() -> None:

@@ -44,5 +44,8 @@ class Metrics:
             "jobgate_kubernetes_api_calls", "Kubernetes API calls made by this replica, by "
             "verb and resource (writes per invocation = create+patch+delete per invocation)",
             ["verb"], registry=r)
+        self.storage_requests = Gauge(
+            "jobgate_storage_requests", "Requests this replica made to the object store (S3) "
+            "since it started, by operation, retries included", ["operation"], registry=r)
         self.janitor_deleted = Counter(
             "jobgate_janitor_deleted_objects", "Objects deleted by the janitor", registry=r)

@@ -27,6 +27,11 @@ class ObjectStore(ABC):
     # True when presign_put() gives URLs: workers then upload their outputs themselves.
     presigns: bool = False
 
+    @property
+    def requests(self) -> dict[str, int]:
+        """Requests made to a remote store since start, by operation (none: local)."""
+        return {}
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients, create the bucket, install lifecycle rules."""
 

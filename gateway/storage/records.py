@@ -2,8 +2,9 @@
 one prefix per tenant and invocation, so it is deleted in one sweep:
 
     {tenant}/{id}/request.json       the accepted request (written before any 202)
-    {tenant}/{id}/record.json        the invocation record (status, result, timings)
-    {tenant}/{id}/stdout, stderr     captured output (capped)
+    {tenant}/{id}/record.json        the invocation record (status, result, timings);
+                                     once it ended, with its output when that is small
+    {tenant}/{id}/stdout, stderr     captured output (capped), when it is not small
     {tenant}/{id}/artifacts/{name}   files the code wrote under artifacts/
     {tenant}/{id}/report.json        the report a worker uploaded itself (S3 storage)
 
@@ -40,6 +41,8 @@ _SEP = "~"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 BINARY = "application/octet-stream"
+# Output up to this size (stdout and stderr together, UTF-8) is kept inside the record.
+INLINE_OUTPUT_BYTES = 16 * 1024
 
 
 def _bucket(at: datetime) -> str:
@@ -118,8 +121,12 @@ class InvocationStore:
         items.append(self._record_item(record))
         await self._store.put_many(items, expires_at=exp)
 
-    def _record_item(self, record: InvocationRecord) -> tuple[str, bytes, str]:
-        body = record.model_dump_json(exclude={"stdout", "stderr"}).encode()
+    def _record_item(self, record: InvocationRecord, *, with_logs: bool = False
+                     ) -> tuple[str, bytes, str]:
+        if with_logs:
+            body = record.model_dump_json().encode()
+        else:
+            body = record.model_dump_json(exclude={"stdout", "stderr"}).encode()
         return self.key(record.tenant, record.id, "record.json"), body, JSON
 
     async def save(self, record: InvocationRecord) -> None:
@@ -127,13 +134,19 @@ class InvocationStore:
         await self._store.put(key, body, expires_at=record.expires_at, content_type=ctype)
 
     async def finish(self, record: InvocationRecord) -> None:
-        """Store the outputs and the final record, then drop the pending marker."""
+        """Store the outputs and the final record, then drop the pending marker. Small
+        output goes inside the record (one object to write and to read, not three);
+        larger output in objects of its own, which the record then leaves out."""
         t, i = record.tenant, record.id
-        await self._store.put_many([
-            (self.key(t, i, "stdout"), (record.stdout or "").encode(), TEXT),
-            (self.key(t, i, "stderr"), (record.stderr or "").encode(), TEXT),
-            self._record_item(record),
-        ], expires_at=record.expires_at)
+        out, err = (record.stdout or "").encode(), (record.stderr or "").encode()
+        if len(out) + len(err) <= INLINE_OUTPUT_BYTES:
+            items = [self._record_item(record.model_copy(
+                update={"stdout": record.stdout or "", "stderr": record.stderr or ""}),
+                with_logs=True)]
+        else:
+            items = [(self.key(t, i, "stdout"), out, TEXT),
+                     (self.key(t, i, "stderr"), err, TEXT), self._record_item(record)]
+        await self._store.put_many(items, expires_at=record.expires_at)
         await self._store.delete_keys([self._entry(PENDING, t, i)])
 
     # -- reads --------------------------------------------------------------------------
@@ -145,11 +158,13 @@ class InvocationStore:
         except (ObjectNotFound, ValueError):
             raise InvocationNotFound(f"no invocation {invocation_id!r}") from None
         record = InvocationRecord.model_validate_json(raw)
-        if with_logs and record.status.terminal:
-            record.stdout, record.stderr = await self.logs(tenant, invocation_id)
+        if not with_logs:
+            record.stdout = record.stderr = None
+        elif record.status.terminal and record.stdout is None:  # not inline: its objects
+            record.stdout, record.stderr = await self._logs(tenant, invocation_id)
         return record
 
-    async def logs(self, tenant: str, invocation_id: str) -> tuple[str, str]:
+    async def _logs(self, tenant: str, invocation_id: str) -> tuple[str, str]:
         async def one(name: str) -> str:
             try:
                 data = await self._store.get(self.key(tenant, invocation_id, name))

@@ -57,6 +57,8 @@ class S3Connection:
         self._session = session or aioboto3.Session()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        # Every HTTP request sent, retries included, by S3 operation (PutObject, ...).
+        self.requests: dict[str, int] = {}
 
     # -- the client -----------------------------------------------------------------------
 
@@ -79,7 +81,13 @@ class S3Connection:
         stack = contextlib.AsyncExitStack()
         self._client = await stack.enter_async_context(self._session.client(
             "s3", endpoint_url=s.s3.endpoint or None, region_name=s.s3.region, config=config))
+        self._client.meta.events.register("before-send.s3", self._count)
         self._stack = stack
+
+    def _count(self, event_name: str = "", **_: Any) -> None:
+        # botocore names the event before-send.s3.<Operation>; presigning sends nothing.
+        operation = event_name.rpartition(".")[2] or "unknown"
+        self.requests[operation] = self.requests.get(operation, 0) + 1
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None

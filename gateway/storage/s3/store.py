@@ -48,6 +48,10 @@ class S3Store(ObjectStore):
     def client(self) -> Any:
         return self._s3.client
 
+    @property
+    def requests(self) -> dict[str, int]:
+        return dict(self._s3.requests)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
