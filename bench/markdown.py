@@ -225,6 +225,12 @@ def render(report: dict[str, Any], image_prefix: str = "") -> str:
                    f"{b['failures']} failed.")
         for phase, st in (b.get("phases") or {}).items():
             out.append(f"  - {phase.replace('_', ' ')}: p50 {_f(st.get('p50_ms'), ' ms')}")
+    spawn = report.get("spawn_rate")
+    if spawn:
+        out.append(f"- **{spawn['name']}**: {_f(spawn['rate_per_s'])} processes/s, "
+                   f"{_f(spawn['cpu_ms_per_process'], ' ms')} of machine CPU each "
+                   f"({spawn['processes']} processes, {spawn['failures']} failed): the rate a "
+                   "gateway spawning a bare interpreter per call could not beat.")
     out.append("")
     failing = [s for s in report["scenarios"] if s["failures"]]
     if failing:

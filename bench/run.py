@@ -41,6 +41,7 @@ from bench.cluster import (
     total,
 )
 from bench.cpu import background_cores
+from bench.footprint import idle_footprint, peak_rss_mb, storage_requests
 from bench.loadgen import RunResult, Scenario, py_spy, run_scenario
 from bench.matrix import MATRICES, Matrix, matrix
 from bench.report import headline, profile_summary, scaling, summarize, targets
@@ -172,6 +173,7 @@ class Run:
         self.gateway_env: dict[str, str] = {}
         self.pools: dict[str, dict[str, int]] = {}
         self.profile: dict[str, Any] | None = None
+        self.footprint: dict[str, Any] = {}
         sweep = [s for s in self.scenarios("pooled") if s.sweep]
         self.profile_target = max(sweep, key=lambda s: s.users).name \
             if sweep and args.profile else None
@@ -234,12 +236,21 @@ class Run:
         gw = self.gateway(name)
         try:
             warm_up(gw)
+            if name == "pooled" and self.executor == "local":
+                gw.settle()
+                self.footprint = idle_footprint(gw.pid)
             for scenario in scenarios:
                 self.run_one(gw, scenario, receiver)
+            if name == "pooled" and self.footprint:
+                self.footprint["gateway_peak_rss_mb"] = peak_rss_mb(gw.pid)
         finally:
             gw.stop()
             if self.k8s is not None:
                 self.k8s.release(name)
+
+    def _storage_requests(self, gw: Gateway) -> dict[str, float] | None:
+        """The gateway's requests to S3 so far (None with local storage)."""
+        return _storage_requests_of(gw) if self.storage == "s3" else None
 
     def run_one(self, gw: Gateway, scenario: Scenario, receiver: CallbackCounter) -> None:
         gw.settle()
@@ -256,6 +267,7 @@ class Run:
         say(f"{scenario.name}: {scenario.users} users for {scenario.duration_s:g}s"
             + (f" at {user_rps * scenario.users:.1f}/s" if user_rps else ""))
         profile = scenario.name == self.profile_target
+        stored_before = self._storage_requests(gw)
         result = run_scenario(scenario, gw, self.logs, receiver,
                               processes=self.args.locust_processes, user_rps=user_rps,
                               profile=profile)
@@ -263,6 +275,11 @@ class Run:
         if profile and profile_path.exists():
             self.profile = {"scenario": scenario.name, **profile_summary(profile_path)}
         summary = summarize(result, self.executor, self.storage)
+        if stored_before is not None:
+            stored = sum((self._storage_requests(gw) or {}).values()) \
+                - sum(stored_before.values())
+            summary["storage_requests_per_invocation"] = round(
+                stored / max(1, summary["requests"]), 2)
         if self.k8s is not None and writes_before:
             # At a steady rate the pool replaces each worker a call consumes, so the
             # writes on Jobs, pods and events in the window are the per-invocation cost;
@@ -281,6 +298,11 @@ class Run:
             f"{summary['rps']}/s, p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
 
 
+def _storage_requests_of(gw: Gateway) -> dict[str, float]:
+    with gw.client(timeout=10) as c:
+        return storage_requests(c.get("/metrics").text)
+
+
 def _baselines(matrix: Matrix, interpreter: str) -> dict[str, dict[str, Any]]:
     say(f"baseline: {matrix.raw_calls} x {interpreter} -c 'print(1)'")
     raw = baselines.raw_python(interpreter, matrix.raw_calls).as_dict()
@@ -292,6 +314,13 @@ def _baselines(matrix: Matrix, interpreter: str) -> dict[str, dict[str, Any]]:
     return {"raw": raw, "raw_bare": bare, "cold_runner": cold}
 
 
+def _spawn_rate(matrix: Matrix, interpreter: str) -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0))
+    seconds = 5.0 if matrix.name == "full" else 1.5
+    say(f"baseline: python3 -S -c 'print(1)' spawned from {cores} threads for {seconds:g}s")
+    return baselines.spawn_rate(interpreter, seconds, cores)
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C: every finally runs, so the
     # gateways, SeaweedFS and the control plane this run started are stopped.
@@ -301,7 +330,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def rerender(out: Path, publish_too: bool) -> int:
     """report.md and the targets again from report.json (the plots are kept as they are)."""
     report = json.loads((out / "report.json").read_text())
-    report["targets"] = targets(report["headline"], report["config"]["executor"])
+    report["targets"] = targets(report["headline"], report["config"]["executor"],
+                                report.get("scaling"))
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(markdown.render(report))
     print(markdown.console_summary(report))
@@ -329,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             run.start_dependencies(stack)
             base = _baselines(chosen, interpreter)
+            spawn = _spawn_rate(chosen, interpreter)
             receiver = stack.enter_context(CallbackCounter(
                 "jobgate-bench-callback-secret-0001"))
             run.run_gateway("pooled", receiver)
@@ -341,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
     top = headline(run.summaries, base, run.executor, run.k8s_report, sandbox)
+    top["spawn_rate_per_s"] = spawn.get("rate_per_s")
+    if run.footprint:
+        top["footprint"] = run.footprint
     report: dict[str, Any] = {
         **{k: v for k, v in top.items()},
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -351,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
                    "runtime_interpreter": interpreter, "python3_on_path": on_path,
                    "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None
                                                               else argv)},
-        "headline": top, "baselines": base, "scenarios": run.summaries,
+        "headline": top, "baselines": base, "spawn_rate": spawn, "scenarios": run.summaries,
         "kubernetes": run.k8s_report or None, "profile": run.profile,
         "sandbox": sandbox or None,
     }
-    report["targets"] = targets(top, run.executor)
     report["scaling"] = scaling(run.summaries, top, facts["usable_cores"], background)
+    report["targets"] = targets(top, run.executor, report["scaling"])
     report["plots"] = _plots(report, run, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(markdown.render(report))

@@ -208,3 +208,34 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def spawn_rate(interpreter: str, seconds: float, parallel: int) -> dict[str, Any]:
+    """How many ``python3 -S -c 'print(1)'`` processes the machine starts and finishes per
+    second with ``parallel`` spawners at once (one per core): the rate a gateway that
+    spawned a bare interpreter per call could not beat. Bounded by ``seconds``."""
+    import threading
+
+    from bench.cpu import machine_cpu_s
+
+    done: list[int] = []
+    failures: list[int] = []
+    stop = time.monotonic() + seconds
+
+    def spawner() -> None:
+        while time.monotonic() < stop:
+            out = subprocess.run([interpreter, "-S", "-c", "print(1)"], capture_output=True,
+                                 timeout=CALL_TIMEOUT_S, check=False)
+            (done if out.returncode == 0 and out.stdout == b"1\n" else failures).append(1)
+
+    cpu0, t0 = machine_cpu_s(), time.monotonic()
+    threads = [threading.Thread(target=spawner) for _ in range(parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, cpu = time.monotonic() - t0, machine_cpu_s() - cpu0
+    return {"name": f"{interpreter} -S -c 'print(1)' spawned by {parallel} at once",
+            "processes": len(done), "failures": len(failures),
+            "rate_per_s": round(len(done) / wall, 1) if wall else None,
+            "cpu_ms_per_process": round(cpu / len(done) * 1000, 2) if done else None}
