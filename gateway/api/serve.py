@@ -26,10 +26,10 @@ class GatewayServer(uvicorn.Server):
             access_log=False, timeout_keep_alive=75,
             http=LimitedHttpProtocol.with_limits(HttpLimits.from_settings(settings)),
             timeout_graceful_shutdown=int(settings.shutdown_grace_s) + ANSWER_MARGIN_S))
-        self.app = app
+        self.gateway_app = app
         self.grace_s = settings.shutdown_grace_s
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Called once the signal is seen, before uvicorn waits for the requests in flight.
-        gateway_of(self.app).service.begin_stop(self.grace_s)
+        gateway_of(self.gateway_app).service.begin_stop(self.grace_s)
         await super().shutdown(sockets)
