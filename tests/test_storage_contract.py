@@ -261,3 +261,23 @@ async def test_expired_and_delete_expired_remove_exactly_the_expired(
     assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(old.id)) is None
     assert await inv.expired(now) == []
     assert await inv.expired(now + timedelta(hours=2)) != []  # the young one, in time
+
+
+async def test_local_deletes_keep_the_directories_every_call_would_make_again(
+        tmp_path: Path) -> None:
+    from gateway.storage.local import LocalStore
+
+    store = LocalStore(tmp_path)
+    await store.start()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    keys = ["_pending/t/inv_a", "_expiry/202612020300/1~t~inv_a", "t/inv_a/record.json"]
+    for key in keys:
+        await store.put(key, b"x", expires_at=later)
+    await store.delete_keys(keys)
+    root = tmp_path / "objects"
+    # Kept (bounded by the tenants): the index's tenant directory and the tenant's.
+    assert (root / "_pending" / "t").is_dir() and (root / "t").is_dir()
+    # Gone (one per minute, one per invocation): they would pile up.
+    assert not (root / "_expiry" / "202612020300").exists()
+    assert not (root / "t" / "inv_a").exists()
+    assert await store.list_keys("") == []

@@ -16,6 +16,10 @@ from pathlib import Path
 from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
 from gateway.paths import path_problem
 from gateway.storage.base import ObjectInfo, ObjectStore
+from gateway.storage.records import CALLBACKS, IDEMPOTENCY, PENDING
+
+# Index roots whose children are tenants (gateway.storage.records' layout).
+PER_TENANT_INDEXES = frozenset({PENDING, CALLBACKS, IDEMPOTENCY})
 
 
 class LocalStore(ObjectStore):
@@ -190,10 +194,17 @@ class LocalStore(ObjectStore):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 path.unlink()
             parents.add(path.parent)
-        # Remove directories left empty, up to the root.
+        # Remove directories left empty, up to the root, but for the few that every
+        # invocation would make again at once: the root's own children (tenants, the
+        # index roots) and an index's per-tenant directory (_pending/<tenant>: one marker
+        # per invocation in flight, often the only one). Their number is bounded by the
+        # tenants; the expiry index's per-minute directories are not, and still go.
         for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
             p = parent
             while p != self.root and self.root in p.parents:
+                depth = len(p.parts) - len(self.root.parts)
+                if depth == 1 or (depth == 2 and p.parent.name in PER_TENANT_INDEXES):
+                    break
                 try:
                     p.rmdir()
                 except OSError:
