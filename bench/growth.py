@@ -4,7 +4,9 @@
 
 seeds N finished invocations on local storage (through the store: no workers), starts a
 gateway on them and times ``GET /v1/invocations`` at 20 a page: the first page, and a page
-about 90 % deep (its cursor reached 200 at a time). Medians of 15 requests each."""
+about 90 % deep (its cursor reached 200 at a time), medians of 15 requests each. Then the
+janitor: N invocations seeded already expired, a gateway started with a 0.5 s sweep, and
+the time until the last of them is gone (invocations deleted per second)."""
 
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ from tests.support import KEY_A, free_port, key_entry
 BASE_MS = 1_700_000_000_000
 
 
-async def seed(data: Path, count: int) -> None:
+async def seed(data: Path, count: int, *, expired: bool = False) -> None:
     store = LocalStore(data)
     await store.start()
     records = InvocationStore(store)
-    later = datetime.now(UTC) + timedelta(days=1)
+    later = datetime.now(UTC) + (timedelta(minutes=-5) if expired else timedelta(days=1))
     limit = asyncio.Semaphore(64)
 
     async def one(i: int) -> None:
@@ -61,6 +63,14 @@ def _median_ms(client: httpx.Client, params: dict[str, Any]) -> float:
     return statistics.median(samples)
 
 
+def _gateway(data: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "JOBGATE_PORT": str(port), "JOBGATE_DATA_DIR": str(data),
+           "JOBGATE_LOG_LEVEL": "warning", "JOBGATE_API_KEYS": key_entry("tenant-a", KEY_A),
+           **settings}
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure(count: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="jobgate-growth-"))
     try:
@@ -68,18 +78,36 @@ def measure(count: int) -> dict[str, Any]:
         asyncio.run(seed(data, count))
         seeded_s = time.monotonic() - started
         port = free_port()
-        env = {**os.environ, "JOBGATE_PORT": str(port), "JOBGATE_DATA_DIR": str(data),
-               "JOBGATE_LOG_LEVEL": "warning",
-               "JOBGATE_API_KEYS": key_entry("tenant-a", KEY_A)}
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve"],
-                                   env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        gateway = _gateway(data, port)
         try:
             return {"invocations": count, "seeded_s": round(seeded_s, 1),
                     **_pages(f"http://127.0.0.1:{port}", count)}
         finally:
             gateway.terminate()
             gateway.wait(30)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def measure_janitor(count: int, timeout_s: float = 600) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="jobgate-growth-"))
+    tenant = data / "objects" / "tenant-a"
+    try:
+        asyncio.run(seed(data, count, expired=True))
+        started = time.monotonic()
+        gateway = _gateway(data, free_port(), JOBGATE_JANITOR_INTERVAL_S="0.5")
+        try:
+            while time.monotonic() - started < timeout_s:
+                if not any(tenant.iterdir()):
+                    break
+                time.sleep(0.1)
+            elapsed = time.monotonic() - started
+            left = sum(1 for _ in tenant.iterdir())
+        finally:
+            gateway.terminate()
+            gateway.wait(30)
+        return {"expired": count, "left": left, "seconds": round(elapsed, 1),
+                "invocations_deleted_per_s": round((count - left) / elapsed, 1)}
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -111,3 +139,4 @@ def _pages(url: str, count: int) -> dict[str, Any]:
 if __name__ == "__main__":
     for n in [int(arg) for arg in sys.argv[1:]] or [1000, 10000]:
         print(measure(n), flush=True)
+        print(measure_janitor(n), flush=True)
