@@ -11,10 +11,8 @@ the time until the last of them is gone (invocations deleted per second)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from gateway.ids import new_invocation_id
 from gateway.models import InvocationRecord, Status
 from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
-from tests.support import KEY_A, free_port, key_entry
+from tests.support import GatewayProcess
 
 BASE_MS = 1_700_000_000_000
 
@@ -63,39 +61,33 @@ def _median_ms(client: httpx.Client, params: dict[str, Any]) -> float:
     return statistics.median(samples)
 
 
-def _gateway(data: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "JOBGATE_PORT": str(port), "JOBGATE_DATA_DIR": str(data),
-           "JOBGATE_LOG_LEVEL": "warning", "JOBGATE_API_KEYS": key_entry("tenant-a", KEY_A),
-           **settings}
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def measure(count: int) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(prefix="jobgate-growth-"))
+    work = Path(tempfile.mkdtemp(prefix="jobgate-growth-"))
     try:
         started = time.monotonic()
-        asyncio.run(seed(data, count))
+        asyncio.run(seed(work / "data", count))
         seeded_s = time.monotonic() - started
-        port = free_port()
-        gateway = _gateway(data, port)
+        gateway = GatewayProcess(work / "data", env={"JOBGATE_LOG_LEVEL": "warning"})
+        gateway.start(timeout_s=120)
         try:
-            return {"invocations": count, "seeded_s": round(seeded_s, 1),
-                    **_pages(f"http://127.0.0.1:{port}", count)}
+            with gateway.client(timeout=120) as client:
+                return {"invocations": count, "seeded_s": round(seeded_s, 1),
+                        **_pages(client, count)}
         finally:
-            gateway.terminate()
-            gateway.wait(30)
+            gateway.stop()
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def measure_janitor(count: int, timeout_s: float = 600) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(prefix="jobgate-growth-"))
-    tenant = data / "objects" / "tenant-a"
+    work = Path(tempfile.mkdtemp(prefix="jobgate-growth-"))
+    tenant = work / "data" / "objects" / "tenant-a"
     try:
-        asyncio.run(seed(data, count, expired=True))
+        asyncio.run(seed(work / "data", count, expired=True))
         started = time.monotonic()
-        gateway = _gateway(data, free_port(), JOBGATE_JANITOR_INTERVAL_S="0.5")
+        gateway = GatewayProcess(work / "data", env={"JOBGATE_LOG_LEVEL": "warning",
+                                                     "JOBGATE_JANITOR_INTERVAL_S": "0.5"})
+        gateway.start(timeout_s=120)
         try:
             while time.monotonic() - started < timeout_s:
                 if not any(tenant.iterdir()):
@@ -104,34 +96,23 @@ def measure_janitor(count: int, timeout_s: float = 600) -> dict[str, Any]:
             elapsed = time.monotonic() - started
             left = sum(1 for _ in tenant.iterdir())
         finally:
-            gateway.terminate()
-            gateway.wait(30)
+            gateway.stop()
         return {"expired": count, "left": left, "seconds": round(elapsed, 1),
                 "invocations_deleted_per_s": round((count - left) / elapsed, 1)}
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def _pages(url: str, count: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    with httpx.Client(base_url=url, timeout=120,
-                      headers={"Authorization": f"Bearer {KEY_A}"}) as client:
-        first = _median_ms(client, {"limit": 20})
-        cursor, walked = None, 0
-        while walked + 200 <= count * 9 // 10:
-            page = client.get("/v1/invocations", params={
-                "limit": 200, **({"cursor": cursor} if cursor else {})}).json()
-            cursor, walked = page.get("next_cursor"), walked + 200
-            if not cursor:
-                break
-        deep = _median_ms(client, {"limit": 20, **({"cursor": cursor} if cursor else {})})
+def _pages(client: httpx.Client, count: int) -> dict[str, Any]:
+    first = _median_ms(client, {"limit": 20})
+    cursor, walked = None, 0
+    while walked + 200 <= count * 9 // 10:
+        page = client.get("/v1/invocations", params={
+            "limit": 200, **({"cursor": cursor} if cursor else {})}).json()
+        cursor, walked = page.get("next_cursor"), walked + 200
+        if not cursor:
+            break
+    deep = _median_ms(client, {"limit": 20, **({"cursor": cursor} if cursor else {})})
     return {"first_page_p50_ms": round(first, 1), "deep_page_p50_ms": round(deep, 1),
             "deep_after": walked}
 

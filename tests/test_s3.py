@@ -333,28 +333,20 @@ async def test_check_fails_fast_when_the_server_is_down_and_recovers(
     assert await store.get("o/x") == b"1"
 
 
-def _storage_requests(metrics_text: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("jobgate_storage_requests{"):
-            labels, _, value = line.rpartition(" ")
-            found[labels.split('operation="', 1)[1].split('"', 1)[0]] = float(value)
-    return found
-
-
 def test_every_request_to_s3_is_counted_by_operation(seaweedfs: SeaweedFS,
                                                      tmp_path: Path) -> None:
+    from bench.footprint import storage_requests
     from tests.support import invoke, running_gateway
 
     env = seaweedfs.gateway_env(bucket=f"counted-{uuid.uuid4().hex[:6]}", prefix="jg")
     with running_gateway(tmp_path, **env) as gw, gw.client() as c:
         invoke(c, profile="bash", code="echo warm")  # the bucket and lifecycle set-up done
-        before = _storage_requests(c.get("/metrics").text)
+        before = storage_requests(c.get("/metrics").text)
         calls = 5
         for i in range(calls):
             body = invoke(c, profile="bash", code=f"echo {i}").json()
             assert body["status"] == "succeeded", body
-        after = _storage_requests(c.get("/metrics").text)
+        after = storage_requests(c.get("/metrics").text)
     per_call = {op: (after[op] - before.get(op, 0)) / calls for op in after
                 if after[op] != before.get(op, 0)}
     print("S3 requests per invocation (bash echo, sync, no artifacts):", per_call,
