@@ -15,7 +15,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.errors import ExecutorUnavailable
-from gateway.kube.base import Conflict, Gone, Missing, Refused, WatchEvent
+from gateway.kube.base import Conflict, Gone, Missing, Refused, WatchEvent, answered
 from gateway.kube.objects import Obj
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -48,8 +48,7 @@ def _translate(verb: str, e: ApiException) -> Exception:
     if e.status == 404:
         return Missing(reason)
     if e.status in TRANSIENT:
-        return ExecutorUnavailable(f"{verb}: the Kubernetes API answered {e.status}: "
-                                   f"{reason}", retry_after=5)
+        return ExecutorUnavailable(answered(verb, e.status, reason), retry_after=5)
     return Refused(verb, e.status, reason)
 
 

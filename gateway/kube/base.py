@@ -22,12 +22,17 @@ class Missing(Exception):
     """404."""
 
 
+def answered(verb: str, status: int | None, message: str) -> str:
+    """How a refusal of the API server is told: the call, the status, the server's word."""
+    return f"{verb}: the Kubernetes API answered {status}: {message}"
+
+
 class Refused(Exception):
     """Any other refusal (400, 422: a request the API server will never accept as it is),
     with the status and the server's message: a bug to report, not a state to wait out."""
 
     def __init__(self, verb: str, status: int | None, message: str):
-        super().__init__(f"{verb}: the Kubernetes API answered {status}: {message}")
+        super().__init__(answered(verb, status, message))
         self.status = status
 
 
