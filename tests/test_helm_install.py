@@ -326,7 +326,12 @@ def test_a_replica_killed_under_load_leaves_its_async_calls_to_the_survivor(
     with httpx.Client(base_url=release["url"], timeout=60, trust_env=False,
                       headers={"Authorization": f"Bearer {KEY_A}"}) as c:
         def ended(inv: str) -> dict[str, Any] | None:
-            r = c.get(f"/v1/invocations/{inv}", params={"wait": 10})
+            try:
+                r = c.get(f"/v1/invocations/{inv}", params={"wait": 10})
+            except httpx.TransportError:
+                # The killed pod stays a Service endpoint for a moment after a forced
+                # delete: a connection kube-proxy sent there is dropped. Ask again.
+                return None
             body: dict[str, Any] = r.json()
             return body if r.status_code == 200 and body["status"] in TERMINAL else None
         ends = {inv: wait_until(lambda inv=inv: ended(inv), timeout_s=240, interval_s=1,
