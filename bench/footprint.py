@@ -93,6 +93,11 @@ def idle_footprint(gateway_pid: int) -> dict[str, Any]:
     }
 
 
+def rss_mb(gateway_pid: int) -> float | None:
+    rss = _status_kib(gateway_pid, "VmRSS")
+    return round(rss / KIB, 1) if rss else None
+
+
 def peak_rss_mb(gateway_pid: int) -> float | None:
     hwm = _status_kib(gateway_pid, "VmHWM")
     return round(hwm / KIB, 1) if hwm else None

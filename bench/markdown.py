@@ -111,6 +111,44 @@ def machine_line(report: dict[str, Any]) -> str:
             f"{m['background_cores']} cores")
 
 
+def growth_lines(growth: dict[str, Any] | None, heading: str = "## How it grows"
+                 ) -> list[str]:
+    """Issue 13's "How it grows": the list and the janitor over what is stored, and the
+    gateway's memory over the invocations it served."""
+    if not growth:
+        return []
+    out = [heading, ""]
+    if growth.get("list"):
+        out += [f"`GET /v1/invocations` at 20 a page over N finished invocations on "
+                f"{growth.get('storage')} storage (seeded through the store; medians of 15; "
+                "`python -m bench.growth`):", "",
+                *_table(["stored", "first page p50", "a page 90 % deep p50", "seeded in"],
+                        [[f"{g['invocations']:,}", _f(g["first_page_p50_ms"], " ms"),
+                          _f(g["deep_page_p50_ms"], " ms"), _f(g["seeded_s"], " s")]
+                         for g in growth["list"]]), ""]
+    jan = growth.get("janitor")
+    if jan:
+        out += [f"Janitor: {jan['expired']:,} expired invocations gone in "
+                f"{_f(jan['seconds'])} s from the gateway's start ({_f(jan['left'])} left): "
+                f"**{_f(jan['invocations_deleted_per_s'])} invocations deleted a second**.",
+                ""]
+    memory = growth.get("memory") or []
+    if memory:
+        first, last = memory[0], memory[-1]
+        served = last["after_invocations"] - first["after_invocations"]
+        slope = (None if not served or first["rss_mb"] is None or last["rss_mb"] is None
+                 else round((last["rss_mb"] - first["rss_mb"]) * 1024 / served * 1000, 1))
+        out += ["The pooled gateway's RSS after each scenario, by the invocations it had "
+                f"served: from {_f(first['rss_mb'])} MB after {first['after_invocations']:,}"
+                f" to {_f(last['rss_mb'])} MB after {last['after_invocations']:,} "
+                f"({_f(slope)} KiB per 1,000 invocations in between; RSS includes "
+                "allocator slack, so read the trend, not the unit).", "",
+                *_table(["after scenario", "invocations served", "RSS"],
+                        [[m["scenario"], f"{m['after_invocations']:,}",
+                          _f(m["rss_mb"], " MB")] for m in memory]), ""]
+    return out
+
+
 def render(report: dict[str, Any], image_prefix: str = "") -> str:
     cfg = report["config"]
     out = [f"# jobgate benchmark: {cfg['matrix']} matrix, executor {cfg['executor']}, "
@@ -193,6 +231,7 @@ def render(report: dict[str, Any], image_prefix: str = "") -> str:
                 f"most waiting {_f(pool.get('max_queued_seen'))}; "
                 f"{_f(steady.get('cold_starts'))} cold starts, warm ratio "
                 f"{_f(steady.get('warm_ratio'))}.", ""]
+    out += growth_lines(report["headline"].get("growth"))
     if report.get("kubernetes"):
         k = report["kubernetes"]
         out += ["## Kubernetes", "", f"Cluster: {k.get('cluster')}.", ""]
@@ -273,7 +312,8 @@ def docs_block(report: dict[str, Any], image_prefix: str) -> str:
     cfg = report["config"]
     out = [f"Measured {report['finished_at']} (`{cfg['command']}`) on "
            f"{machine_line(report)}.", "", *headline_lines(report), "",
-           *targets_table(report), "", *_table(SCENARIO_HEADER, scenario_rows(report)), ""]
+           *targets_table(report), "", *_table(SCENARIO_HEADER, scenario_rows(report)), "",
+           *growth_lines(report["headline"].get("growth"), "**How it grows**")]
     out += [f"![{title}]({image_prefix}{name})" for name, title in PLOTS
             if name in report["plots"]]
     return "\n".join(out)

@@ -28,6 +28,10 @@ class Matrix:
     # Alternating sync calls per runtime to a sandboxed and an unsandboxed local gateway
     # (the sandbox's cost, measured side by side; 0: not measured).
     sandbox_calls: int = 0
+    # How cost grows with what is stored (bench/growth.py): the list over each number of
+    # stored invocations, and the janitor's rate over this many expired ones (0: none).
+    growth_sizes: tuple[int, ...] = ()
+    growth_janitor: int = 0
 
 
 def _print(users: int, duration_s: float, *, gateway: str = "pooled", sweep: bool = True,
@@ -69,13 +73,13 @@ def _steady_at(users: int, duration_s: float, rps: float) -> Scenario:
 
 
 SMOKE = Matrix("smoke", raw_calls=5, cold_runner_calls=3, background_s=0.5, sandbox_calls=5,
-               scenarios=(
+               growth_sizes=(300,), growth_janitor=300, scenarios=(
     _print(1, 3, warmup_s=0.5),
     _callback(1, 3, warmup_s=0.5),
 ))
 
 QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0,
-               sandbox_calls=60, scenarios=(
+               sandbox_calls=60, growth_sizes=(1000,), growth_janitor=1000, scenarios=(
     _print(1, 6),
     _print(4, 4),
     _print(16, 4),
@@ -89,7 +93,8 @@ QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0,
 ))
 
 FULL = Matrix("full", raw_calls=200, cold_runner_calls=100, background_s=3.0,
-              sandbox_calls=300, scenarios=(
+              sandbox_calls=300, growth_sizes=(1000, 10_000, 100_000), growth_janitor=10_000,
+              scenarios=(
     _print(1, 30),
     _print(4, 20),
     _print(16, 20),
@@ -108,7 +113,8 @@ FULL = Matrix("full", raw_calls=200, cold_runner_calls=100, background_s=3.0,
     _print(16, 20, gateway="nopool"),
 ))
 
-K8S_QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0, scenarios=(
+K8S_QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0,
+                   growth_sizes=(1000,), growth_janitor=1000, scenarios=(
     _steady_at(4, 12, 2.0),
     _print(1, 8),
     _print(4, 6),
@@ -116,7 +122,8 @@ K8S_QUICK = Matrix("quick", raw_calls=30, cold_runner_calls=10, background_s=1.0
     _print(1, 10, gateway="nopool"),
 ))
 
-K8S_FULL = Matrix("full", raw_calls=200, cold_runner_calls=100, background_s=3.0, scenarios=(
+K8S_FULL = Matrix("full", raw_calls=200, cold_runner_calls=100, background_s=3.0,
+                  growth_sizes=(1000, 10_000, 100_000), growth_janitor=10_000, scenarios=(
     _steady_at(4, 60, 2.0),
     _print(1, 30),
     _print(2, 20),

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import markdown, plots
+from bench import growth, markdown, plots
 from bench.cluster import (
     K8S_REQUESTS,
     ClusterUnavailable,
@@ -41,7 +41,7 @@ from bench.cluster import (
     total,
 )
 from bench.cpu import background_cores
-from bench.footprint import idle_footprint, peak_rss_mb, storage_requests
+from bench.footprint import idle_footprint, peak_rss_mb, rss_mb, storage_requests
 from bench.loadgen import RunResult, Scenario, py_spy, run_scenario
 from bench.matrix import MATRICES, Matrix, matrix
 from bench.report import headline, profile_summary, scaling, summarize, targets
@@ -174,6 +174,9 @@ class Run:
         self.pools: dict[str, dict[str, int]] = {}
         self.profile: dict[str, Any] | None = None
         self.footprint: dict[str, Any] = {}
+        # The pooled gateway's RSS after each scenario, by invocations served so far: what
+        # it keeps per invocation shows as a slope (bounded tables show none).
+        self.memory: list[dict[str, Any]] = []
         sweep = [s for s in self.scenarios("pooled") if s.sweep]
         self.profile_target = max(sweep, key=lambda s: s.users).name \
             if sweep and args.profile else None
@@ -239,14 +242,33 @@ class Run:
             if name == "pooled" and self.executor == "local":
                 gw.settle()
                 self.footprint = idle_footprint(gw.pid)
+            served = 0
             for scenario in scenarios:
                 self.run_one(gw, scenario, receiver)
+                if name == "pooled":
+                    served += self.summaries[-1]["requests"]
+                    self.memory.append({"after_invocations": served,
+                                        "rss_mb": rss_mb(gw.pid),
+                                        "scenario": scenario.name})
             if name == "pooled" and self.footprint:
                 self.footprint["gateway_peak_rss_mb"] = peak_rss_mb(gw.pid)
         finally:
             gw.stop()
             if self.k8s is not None:
                 self.k8s.release(name)
+
+    def growth(self) -> dict[str, Any]:
+        """bench/growth.py on this run's storage, with the matrix's sizes."""
+        sizes, janitor = self.matrix.growth_sizes, self.matrix.growth_janitor
+        if not sizes and not janitor:
+            return {}
+        say(f"growth: the list over {', '.join(map(str, sizes))} stored invocations, the "
+            f"janitor over {janitor} expired ({self.storage} storage)")
+        weed = self.weed
+        env_for = None if weed is None else (
+            lambda name: weed.gateway_env("jobgate-bench", f"growth-{self.out.name}-{name}"))
+        return {"storage": self.storage,
+                **growth.measure_all(list(sizes), janitor, env_for, say=say)}
 
     def _storage_requests(self, gw: Gateway) -> dict[str, float] | None:
         """The gateway's requests to S3 so far (None with local storage)."""
@@ -365,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             run.run_gateway("pooled", receiver)
             run.run_gateway("nopool", receiver)
             sandbox = run.sandbox_cost()
+            grown = run.growth()
     except (GatewayRefused, ClusterUnavailable) as e:
         print(f"\nbench: cannot run the {run.executor} executor with {run.storage} storage: "
               f"the gateway (or what it needs) did not start, so there are no numbers.\n"
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     top["spawn_rate_per_s"] = spawn.get("rate_per_s")
     if run.footprint:
         top["footprint"] = run.footprint
+    if grown or run.memory:
+        top["growth"] = {**grown, "memory": run.memory}
     report: dict[str, Any] = {
         **{k: v for k, v in top.items()},
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -49,7 +49,14 @@ def test_smoke_benchmark_writes_a_complete_report_with_no_failures(tmp_path: Pat
     for baseline in report["baselines"].values():
         assert baseline["failures"] == 0 and baseline["count"] > 0
     assert {t["name"] for t in report["targets"]}  # stated, met or not
+    grown = report["headline"]["growth"]
+    assert [g["invocations"] for g in grown["list"]] == [300]
+    assert grown["list"][0]["first_page_p50_ms"] > 0 and grown["list"][0]["deep_after"] > 0
+    assert grown["janitor"]["expired"] == 300 and grown["janitor"]["left"] == 0
+    assert [m["scenario"] for m in grown["memory"]] == ["print-1u", "callback-1u"]
+    assert all(m["rss_mb"] for m in grown["memory"])
 
-    assert "## Targets" in (out_dir / "report.md").read_text()
+    text = (out_dir / "report.md").read_text()
+    assert "## Targets" in text and "## How it grows" in text
     for plot in ("latency.png", "throughput.png", "breakdown.png"):
         assert (out_dir / plot).read_bytes().startswith(b"\x89PNG"), plot

@@ -239,8 +239,9 @@ async def test_expired_and_delete_expired_remove_exactly_the_expired(
     inv = InvocationStore(store)
     now = datetime.now(UTC)
     old = record("tenant-a", expires_at=now - timedelta(seconds=30))
+    older = record("tenant-b", expires_at=now - timedelta(seconds=60))
     young = record("tenant-a", expires_at=now + timedelta(hours=1))
-    for r in (old, young):
+    for r in (old, older, young):
         await inv.create(r, b"{}", idempotency=(inv.hash_idempotency_key(r.id), "body"))
         r.status = Status.succeeded
         await inv.finish(r)
@@ -248,14 +249,15 @@ async def test_expired_and_delete_expired_remove_exactly_the_expired(
     before = set(await store.list_keys(""))
 
     due = await inv.expired(now)
-    assert [(e.tenant, e.invocation_id) for e in due] == [("tenant-a", old.id)]
-    deleted = await inv.delete_expired(due[0])
-    # request, record (its small output inside), artifact, the idempotency entry
-    assert deleted >= 4
+    assert [(e.tenant, e.invocation_id) for e in due] == [
+        ("tenant-b", older.id), ("tenant-a", old.id)]
+    deleted = await inv.delete_expired(due)
+    # each: request, record (its small output inside), the idempotency entry; one artifact
+    assert deleted >= 7
 
     after = set(await store.list_keys(""))
-    old_idem = f"_idempotency/tenant-a/{inv.hash_idempotency_key(old.id)}"
-    assert before - after == {k for k in before if old.id in k} | {old_idem}
+    gone = {f"_idempotency/{r.tenant}/{inv.hash_idempotency_key(r.id)}" for r in (old, older)}
+    assert before - after == {k for k in before if old.id in k or older.id in k} | gone
     assert (await inv.load("tenant-a", young.id)).status == Status.succeeded
     assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(young.id)) is not None
     assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(old.id)) is None

@@ -29,8 +29,7 @@ class Janitor:
             due = await self.records.expired(now, limit=500)
             if not due:
                 break
-            for entry in due:
-                deleted += await self.records.delete_expired(entry)
+            deleted += await self.records.delete_expired(due)
         if deleted:
             self.metrics.janitor_deleted.inc(deleted)
             log.info("janitor: deleted %d expired object(s)", deleted)

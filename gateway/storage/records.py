@@ -260,18 +260,31 @@ class InvocationStore:
                     return out
         return out
 
-    async def delete_expired(self, entry: ExpiryEntry) -> int:
-        """Delete an expired invocation with everything it owns, marker last (so a crash
-        halfway leaves the marker, and the next sweep finishes the job)."""
-        try:
-            extra = orjson.loads(await self._store.get(entry.marker)).get("keys", [])
-        except (ObjectNotFound, orjson.JSONDecodeError):
-            extra = []
-        count = await self._store.delete_prefix(self.prefix(entry.tenant, entry.invocation_id))
-        await self._store.delete_keys(
-            [*extra, self._entry(PENDING, entry.tenant, entry.invocation_id)])
-        await self._store.delete_keys([entry.marker])
-        return count + len(extra)
+    async def delete_expired(self, entries: list[ExpiryEntry], *, concurrency: int = 16
+                             ) -> int:
+        """Delete expired invocations with everything they own; returns the objects
+        deleted. Markers go last, in one batch after all else (so a crash halfway leaves
+        them, and the next sweep finishes the job). The index entries of all of them are
+        deleted together: on S3 one DeleteObjects per 1,000 keys, not three requests an
+        invocation, and the invocations' own objects ``concurrency`` at a time (a sweep
+        one by one deleted ~7 invocations a second on SeaweedFS)."""
+        slots = asyncio.Semaphore(concurrency)
+
+        async def own(entry: ExpiryEntry) -> tuple[int, list[str]]:
+            async with slots:
+                try:
+                    extra = orjson.loads(await self._store.get(entry.marker)).get("keys", [])
+                except (ObjectNotFound, orjson.JSONDecodeError):
+                    extra = []
+                count = await self._store.delete_prefix(
+                    self.prefix(entry.tenant, entry.invocation_id))
+            return count + len(extra), [
+                *extra, self._entry(PENDING, entry.tenant, entry.invocation_id)]
+
+        owned = await asyncio.gather(*(own(entry) for entry in entries))
+        await self._store.delete_keys([key for _, keys in owned for key in keys])
+        await self._store.delete_keys([entry.marker for entry in entries])
+        return sum(count for count, _ in owned)
 
     # -- outputs ------------------------------------------------------------------------
 
