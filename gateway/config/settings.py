@@ -36,6 +36,7 @@ def _split_csv(value: object) -> object:
 
 # A list given as one comma-separated variable ("a, b,c").
 Csv = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
+SecretCsv = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_csv)]
 
 
 class _Group(BaseSettings):
@@ -194,7 +195,11 @@ class Settings(BaseSettings):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     # -- callbacks ------------------------------------------------------------------------
+    # The server's signing secret (whsec_<base64>, or any string: its UTF-8 bytes).
     callback_secret: SecretStr | None = None
+    # Secrets being rotated out: they sign the Standard Webhooks header too, after the
+    # current one, so receivers still holding one of them keep verifying.
+    callback_previous_secrets: SecretCsv = Field(default_factory=list)
     callback_allow: Csv = Field(default_factory=list)
     callback_max_attempts: int = Field(8, ge=1, le=50)
     callback_timeout_s: float = Field(10.0, gt=0)
