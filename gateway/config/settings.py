@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     max_env_value_bytes: int = Field(32 * 1024, gt=0)
     default_ttl_s: int = Field(86400, gt=0)
     max_ttl_s: int = Field(7 * 86400, gt=0)
+    # Invocations in one POST /v1/invocations/batch.
+    batch_max_items: int = Field(50, ge=1, le=1000)
 
     # -- outputs --------------------------------------------------------------------------
     output_cap_bytes: int = Field(1 * MiB, gt=0)
