@@ -71,6 +71,9 @@ class CallbackDeliverer:
         self.records = records
         self.metrics = metrics
         self.policy = policy
+        if isinstance(server_secrets, str) or not server_secrets:
+            # A str is a Sequence[str] too: one secret per character is never meant.
+            raise TypeError("server_secrets is a non-empty list of secrets")
         self.server_secrets = list(server_secrets)
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         # One delivery under way per invocation id.
