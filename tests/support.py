@@ -104,6 +104,8 @@ class GatewayProcess:
 class ReceivedCallback:
     headers: dict[str, str]
     body: bytes
+    # When it arrived (time.monotonic()): gaps between attempts are measured with it.
+    at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -111,11 +113,12 @@ class ReceivedCallback:
 
 class CallbackReceiver:
     """A webhook receiver on 127.0.0.1: records every delivery; ``statuses`` scripts the
-    answers (e.g. [500, 200] fails the first attempt)."""
+    answers (e.g. [500, 200] fails the first attempt; (503, {"Retry-After": "2"}) answers
+    with headers too)."""
 
     def __init__(self) -> None:
         self.received: list[ReceivedCallback] = []
-        self.statuses: list[int] = []
+        self.statuses: list[int | tuple[int, dict[str, str]]] = []
         self._cond = threading.Condition()
         receiver = self
 
@@ -126,9 +129,12 @@ class CallbackReceiver:
                 with receiver._cond:
                     receiver.received.append(ReceivedCallback(
                         {k.lower(): v for k, v in self.headers.items()}, body))
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                    answer = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver._cond.notify_all()
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

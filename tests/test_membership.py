@@ -105,7 +105,7 @@ def make_service(records: InvocationStore, executor: Executor, membership: Membe
     config = Settings(**settings)
     metrics = Metrics()
     policy = CallbackPolicy([])
-    deliverer = CallbackDeliverer(config, records, metrics, policy, "s" * 32)
+    deliverer = CallbackDeliverer(config, records, metrics, policy, ["s" * 32])
     parts = Parts(config, load_profiles(None), executor, records, metrics, membership)
     return build_dispatcher(parts, deliverer, policy, UploadTokens("s" * 32))
 
@@ -278,7 +278,7 @@ def test_callback_deliveries_are_resumed_only_for_the_owners_chosen(run: Run) ->
                                  mode="async", created_at=expires, expires_at=expires,
                                  replica=owner), None)
         deliverer = CallbackDeliverer(Settings(), records, Metrics(), CallbackPolicy([]),
-                                      "s" * 32)
+                                      ["s" * 32])
         started: list[str] = []
         deliverer._start = lambda tenant, inv, secret: started.append(inv)  # type: ignore[method-assign]
         asked: list[set[str]] = []

@@ -107,10 +107,13 @@ def tame(case: schemathesis.Case, hook: CallbackReceiver, scope: str | None = No
     Idempotency-Key is made that scenario's own: the same key in two scenarios would answer
     409 in one and 200 in the other, depending on what ran before."""
     body: Any = case.body
-    if isinstance(body, dict) and isinstance(body.get("callback"), dict):
-        url = body["callback"].get("url")
-        if isinstance(url, str) and len(url) <= 2048:
-            body["callback"]["url"] = hook.url
+    # A batch's items are invocation requests too.
+    items = body.get("invocations") if isinstance(body, dict) else None
+    for request in [body, *(items if isinstance(items, list) else [])]:
+        if isinstance(request, dict) and isinstance(request.get("callback"), dict):
+            url = request["callback"].get("url")
+            if isinstance(url, str) and len(url) <= 2048:
+                request["callback"]["url"] = hook.url
     key = (case.headers or {}).get("Idempotency-Key")
     if scope and isinstance(key, str) and key.isprintable() and len(key) <= 255:
         case.headers["Idempotency-Key"] = \

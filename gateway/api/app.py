@@ -26,6 +26,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.keys import KeyRing
 from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
+from gateway.callbacks.signing import secret_key
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.config.profiles import load_profiles
 from gateway.config.settings import Settings
@@ -96,7 +97,15 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
     executor = executor or make_executor(settings, profiles, membership)
     policy = CallbackPolicy(settings.callback_allow)
     server_secret = _server_callback_secret(settings)
-    deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secret)
+    server_secrets = [server_secret, *(s.get_secret_value()
+                                       for s in settings.callback_previous_secrets)]
+    for secret in server_secrets:
+        try:
+            secret_key(secret)
+        except ValueError as e:
+            raise StartupError(f"JOBGATE_CALLBACK_SECRET or JOBGATE_CALLBACK_PREVIOUS_SECRETS:"
+                               f" {e}") from None
+    deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secrets)
     parts = Parts(settings, profiles, executor, records, metrics, membership)
     service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))
     janitor = Janitor(records, metrics, settings.janitor_interval_s)

@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import BaseRoute, Route
 
 from gateway.api import routes as r
+from gateway.api.batch import create_batch
 from gateway.config.profiles import ProfileList
 from gateway.ids import ID_PATTERN
 from gateway.models import (
@@ -34,6 +35,7 @@ from gateway.models import (
     Readiness,
     Status,
 )
+from gateway.models.batch import BatchAnswer, BatchCreate, BatchItem
 
 Endpoint = Callable[..., Any]
 
@@ -136,6 +138,14 @@ def operations(sync_wait_s: float) -> dict[Endpoint, Operation]:
             params=({"name": "Idempotency-Key", "in": "header", "required": False,
                      "description": "the same key and body answer the same invocation",
                      "schema": {"type": "string", "maxLength": 255}},)),
+        create_batch: Operation(
+            "Invoke several (async): 200 with each item's 202 answer or its error, in order",
+            {200: Answer("Every item's answer, in the order sent", (BatchAnswer,))},
+            errors=(413, 415, 422), body=BatchCreate,
+            params=({"name": "Idempotency-Key", "in": "header", "required": False,
+                     "description": "item i's key is KEY:i (unless it has its own): a "
+                                    "batch sent again answers the same invocations",
+                     "schema": {"type": "string", "maxLength": 200}},)),
         r.list_invocations: Operation(
             "List this tenant's invocations, newest first",
             {200: Answer("One page", (InvocationPage,))}, errors=(422, 503),
@@ -247,8 +257,8 @@ def build_openapi(version: str, routes: Iterable[BaseRoute], *, profiles: list[s
                 models[(body, "serialization")] = None
     refs, schemas = _model_schemas(models)
     # The profiles this gateway serves: a client (and the contract test) can pick one.
-    create = schemas[InvocationCreate.__name__]["properties"]["profile"]
-    create["enum"] = list(profiles)
+    for model in (InvocationCreate, BatchItem):
+        schemas[model.__name__]["properties"]["profile"]["enum"] = list(profiles)
 
     def content(bodies: tuple[Body, ...]) -> dict[str, Any]:
         media: dict[str, Any] = {}

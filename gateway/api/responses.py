@@ -36,8 +36,13 @@ def error_response(code: str, message: str, status: int, details: Any = None,
                         status_code=status, headers=headers)
 
 
+def retry_after_of(exc: JobgateError) -> int | None:
+    """Seconds a client should wait before trying again: what the error says, else 1 for
+    a 429 or 503, else none."""
+    if exc.retry_after is None and exc.status in (429, 503):
+        return 1
+    return exc.retry_after
+
+
 def from_error(exc: JobgateError) -> JSONResponse:
-    retry_after = exc.retry_after
-    if retry_after is None and exc.status in (429, 503):
-        retry_after = 1
-    return error_response(exc.code, exc.message, exc.status, exc.details, retry_after)
+    return error_response(exc.code, exc.message, exc.status, exc.details, retry_after_of(exc))

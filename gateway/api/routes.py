@@ -9,26 +9,24 @@ import zipfile
 from collections.abc import AsyncIterator
 from typing import IO, cast
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.api.batch import batch_is_post_only, create_batch
+from gateway.api.bodies import read_json as _read_json
 from gateway.api.responses import JSONResponse, answer
 from gateway.api.state import gateway_of, openapi_of
 from gateway.config.profiles import ProfileList
 from gateway.dispatch.invoke import InvocationRequest
 from gateway.errors import (
     ArtifactNotFound,
-    BadRequest,
     InvalidInput,
     InvocationNotFound,
     JobgateError,
     ObjectNotFound,
-    PayloadTooLarge,
     Unauthorized,
-    UnsupportedMediaType,
 )
 from gateway.ids import is_invocation_id
 from gateway.models import (
@@ -59,27 +57,6 @@ def _invocation_id(request: Request) -> str:
     if not is_invocation_id(value):
         raise InvocationNotFound(f"no invocation {value!r}")
     return value
-
-
-async def _read_json(request: Request, limit: int) -> tuple[object, bytes]:
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType("send the body as application/json",
-                                   {"content_type": ctype or None})
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes", {"limit": limit})
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is over {limit} bytes", {"limit": limit})
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return orjson.loads(raw), raw
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
 
 
 def _accepted(record: InvocationRecord) -> Response:
@@ -329,6 +306,8 @@ async def openapi(request: Request) -> Response:
 
 ROUTES = [
     Route(INV, create_invocation, methods=["POST"]),
+    Route(INV + "/batch", create_batch, methods=["POST"]),
+    Route(INV + "/batch", batch_is_post_only, methods=["GET"], include_in_schema=False),
     Route(INV, list_invocations, methods=["GET"]),
     Route(INV + "/{id}", get_invocation, methods=["GET"]),
     Route(INV + "/{id}/logs", get_logs, methods=["GET"]),

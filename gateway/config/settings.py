@@ -36,6 +36,7 @@ def _split_csv(value: object) -> object:
 
 # A list given as one comma-separated variable ("a, b,c").
 Csv = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
+SecretCsv = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_csv)]
 
 
 class _Group(BaseSettings):
@@ -168,6 +169,8 @@ class Settings(BaseSettings):
     max_env_value_bytes: int = Field(32 * 1024, gt=0)
     default_ttl_s: int = Field(86400, gt=0)
     max_ttl_s: int = Field(7 * 86400, gt=0)
+    # Invocations in one POST /v1/invocations/batch.
+    batch_max_items: int = Field(50, ge=1, le=1000)
 
     # -- outputs --------------------------------------------------------------------------
     output_cap_bytes: int = Field(1 * MiB, gt=0)
@@ -194,7 +197,11 @@ class Settings(BaseSettings):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     # -- callbacks ------------------------------------------------------------------------
+    # The server's signing secret (whsec_<base64>, or any string: its UTF-8 bytes).
     callback_secret: SecretStr | None = None
+    # Secrets being rotated out: they sign the Standard Webhooks header too, after the
+    # current one, so receivers still holding one of them keep verifying.
+    callback_previous_secrets: SecretCsv = Field(default_factory=list)
     callback_allow: Csv = Field(default_factory=list)
     callback_max_attempts: int = Field(8, ge=1, le=50)
     callback_timeout_s: float = Field(10.0, gt=0)

@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from gateway.callbacks.signing import secret_key
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.dispatch.keyed_locks import KeyedLocks
 from gateway.dispatch.lifecycle import Lifecycle
@@ -50,6 +51,11 @@ class Admission:
         req, tenant, key = request.body, request.tenant, request.idempotency_key
         plan = make_plan(req, self.parts.profiles.get(req.profile), self.parts.settings)
         if req.callback is not None:
+            if req.callback.secret is not None:
+                try:
+                    secret_key(req.callback.secret)
+                except ValueError as e:
+                    raise InvalidInput(f"callback.secret: {e}") from None
             await self.policy.resolve(req.callback.url)
         if key is None:
             return await self._persist_and_start(request, plan, None)

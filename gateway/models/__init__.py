@@ -49,6 +49,7 @@ from gateway.models.runner import (
 )
 from gateway.models.status import (
     REASON_STATUS,
+    CallbackReason,
     Reason,
     Status,
 )
@@ -67,6 +68,7 @@ __all__ = [
     'ArtifactListing',
     'Assignment',
     'CallbackAttempt',
+    'CallbackReason',
     'CallbackSpec',
     'CallbackState',
     'ErrorBody',

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.models.status import Reason, Status
+from gateway.models.status import CallbackReason, Reason, Status
 
 if TYPE_CHECKING:
     from gateway.models.answers import Invocation
@@ -58,6 +58,8 @@ class CallbackState(BaseModel):
     url: str
     delivery_id: str
     status: Literal["pending", "delivered", "failed"] = "pending"
+    # Why it was given up (status failed); None otherwise.
+    reason: CallbackReason | None = None
     attempts: list[CallbackAttempt] = Field(default_factory=list)
     next_attempt_at: datetime | None = None
 

@@ -65,7 +65,9 @@ class CallbackSpec(BaseModel):
     url: str = Field(max_length=2048, description="http(s) URL that receives the result")
     secret: str | None = Field(
         None, min_length=16, max_length=256,
-        description="Per-call signing secret; the server's secret when absent.",
+        description="Per-call signing secret: whsec_<base64> (Standard Webhooks; the key "
+                    "is the decoded bytes) or any other string (its UTF-8 bytes). The "
+                    "server's secret when absent.",
     )
 
 

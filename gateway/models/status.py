@@ -43,6 +43,19 @@ class Reason(StrEnum):
     PodFailed = "PodFailed"
 
 
+class CallbackReason(StrEnum):
+    """Why a callback was given up (its status ``failed``). Stable names."""
+
+    # The receiver answered 410 Gone: it wants no more deliveries (Standard Webhooks).
+    Gone = "Gone"
+    # The receiver answered another 4xx that no retry can change (400, 401, 404...).
+    Rejected = "Rejected"
+    # The callback URL was refused at delivery (it now resolves to a non-public address).
+    Refused = "Refused"
+    # Every attempt (JOBGATE_CALLBACK_MAX_ATTEMPTS) failed with an error worth retrying.
+    AttemptsExhausted = "AttemptsExhausted"
+
+
 REASON_STATUS: dict[Reason, Status] = {
     Reason.Timeout: Status.timeout,
     Reason.Cancelled: Status.cancelled,
