@@ -34,6 +34,8 @@ from gateway.models import (
 M = TypeVar("M", bound=BaseModel)
 INV = "/v1/invocations"
 Progress = Callable[[Invocation], None]
+# A bound on one list(): pages of a filtered listing may be empty (see list_invocations).
+MAX_PAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -155,10 +157,14 @@ def submit(config: Config, profile: str, code: str | None, options: InvokeOption
 def list_invocations(config: Config, status: Status | str | None, profile: str | None,
                      limit: int, page_size: int) -> Operation[None]:
     """Emit this tenant's invocations, newest first, page after page (next_cursor), at
-    most ``limit`` of them."""
+    most ``limit`` of them. A filtered page may be empty and still have a next_cursor (the
+    gateway scans a bounded number of records per page): it is followed, as long as the
+    cursor moves, for at most MAX_PAGES pages."""
     cursor: str | None = None
     emitted = 0
-    while emitted < limit:
+    for _ in range(MAX_PAGES):
+        if emitted >= limit:
+            return
         params: dict[str, str | int] = {"limit": min(page_size, limit - emitted)}
         for name, value in (("status", status), ("profile", profile), ("cursor", cursor)):
             if value:
@@ -168,7 +174,7 @@ def list_invocations(config: Config, status: Status | str | None, profile: str |
         for item in page.items:
             yield Emit[InvocationSummary](item)
             emitted += 1
-        if not page.items or not page.next_cursor:
+        if page.next_cursor is None or page.next_cursor == cursor:
             return
         cursor = page.next_cursor
 
