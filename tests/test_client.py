@@ -39,7 +39,15 @@ from gateway.client import (
 from gateway.client.logstream import ServerSentEvent, SSEDecoder
 from gateway.client.retries import NO_RETRIES, retry_after_s
 from gateway.models import Status
-from tests.support import KEY_A, KEY_B, ROOT, GatewayProcess, free_port, running_gateway
+from tests.support import (
+    KEY_A,
+    KEY_B,
+    ROOT,
+    GatewayProcess,
+    free_port,
+    running_gateway,
+    streams_logs,
+)
 
 PY = "python3.11"
 
@@ -429,6 +437,29 @@ async def test_async_follow_logs_resumes_too() -> None:
             got = [item async for item in c.follow_logs("inv_0000000000aaaaaaaaaa")]
     assert [type(g) for g in got] == [LogChunk, LogChunk, LogEnd]
     assert server.requests[1]["headers"]["last-event-id"] == "4.0"
+
+
+def test_follow_logs_from_the_gateway(gateway: GatewayProcess, jg: Client) -> None:
+    """End to end, once the gateway streams logs (the live-logs work); skipped before."""
+    if not streams_logs(gateway):
+        pytest.skip("this gateway does not stream logs yet (live-logs)")
+    accepted = jg.submit("bash", "for i in 1 2 3; do echo out $i; echo err $i >&2; "
+                         "sleep 0.3; done; exit 4")
+    arrived: list[tuple[float, LogChunk | LogEnd]] = []
+    started = time.monotonic()
+    for item in jg.follow_logs(accepted.id):
+        arrived.append((time.monotonic() - started, item))
+    *chunks, (_, end) = arrived
+    assert end == LogEnd(status=Status.failed, exit_code=4)
+    text = {s: "".join(c.data for _, c in chunks if isinstance(c, LogChunk) and c.stream == s)
+            for s in ("stdout", "stderr")}
+    assert text == {"stdout": "out 1\nout 2\nout 3\n", "stderr": "err 1\nerr 2\nerr 3\n"}
+    assert chunks[0][0] < chunks[-1][0] - 0.3  # live: the first came well before the last
+    # Followed again after the end: all of it from the start, then the end.
+    again = list(jg.follow_logs(accepted.id))
+    assert again[-1] == end and "".join(
+        c.data for c in again if isinstance(c, LogChunk) and c.stream == "stdout"
+    ) == jg.logs(accepted.id).stdout
 
 
 # -- the async client --------------------------------------------------------------------

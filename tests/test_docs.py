@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.settings import variables
-from tests.support import KEY_A, ROOT, GatewayProcess
+from tests.support import KEY_A, ROOT, GatewayProcess, streams_logs
 
 
 def test_every_setting_is_documented() -> None:
@@ -80,13 +80,7 @@ def test_the_client_doc_examples_run_as_printed(gateway: GatewayProcess,
 def test_the_client_doc_live_logs_example(gateway: GatewayProcess, tmp_path: Path) -> None:
     """Runs once the gateway streams logs (GET …/logs?follow=true as server-sent events:
     the live-logs work); skipped, and said so, before."""
-    from gateway.client import Client
-
-    with Client(gateway.url, KEY_A) as jg, gateway.client() as http:
-        probe = jg.submit("bash", "true").id
-        with http.stream("GET", f"/v1/invocations/{probe}/logs",
-                         params={"follow": "true"}) as answer:
-            streamed = answer.headers.get("content-type", "").startswith("text/event-stream")
+    streamed = streams_logs(gateway)
     if not streamed:
         pytest.skip("this gateway does not stream logs yet (live-logs)")
     [block] = _client_examples("python live-logs")
