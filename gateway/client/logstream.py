@@ -11,12 +11,12 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from gateway.client.errors import TransportError, UnexpectedAnswer
-from gateway.client.operations import Config, invocation_path
+from gateway.client.operations import Config, invocation_path, parse
 from gateway.client.protocol import Emit, Operation, Read, Request, Sleep
 from gateway.client.retries import send
 from gateway.models import Status
@@ -27,7 +27,6 @@ LENIENT = ConfigDict(extra="ignore", frozen=True)
 # JSON-escaped, is far below it).
 MAX_EVENT_CHARS = 16 * 1024 * 1024
 _LINE_END = re.compile(r"\r\n|\r|\n")
-M = TypeVar("M", bound=BaseModel)
 
 
 class LogChunk(BaseModel):
@@ -117,14 +116,6 @@ class SSEDecoder:
         return ServerSentEvent(event, "\n".join(data), self.last_event_id)
 
 
-def _decode(model: type[M], event: ServerSentEvent) -> M:
-    try:
-        return model.model_validate_json(event.data)
-    except ValidationError as e:
-        raise UnexpectedAnswer(f"a log {event.event!r} event that is not a {model.__name__}: "
-                               f"{e.errors(include_url=False)[:2]}") from None
-
-
 def follow_logs(config: Config, invocation_id: str, reconnects: int) -> Operation[None]:
     """Emit each LogChunk as it is written, then the LogEnd. A connection that drops (an
     error, or its end before the ``end`` event) is opened again from the last event seen,
@@ -145,10 +136,10 @@ def follow_logs(config: Config, invocation_id: str, reconnects: int) -> Operatio
             while chunk := (yield Read()):
                 for event in decoder.feed(chunk):
                     if event.event == "output":
-                        yield Emit(_decode(LogChunk, event))
+                        yield Emit(parse(LogChunk, event.data, "an output event"))
                         last_id, failures = event.id, 0
                     elif event.event == "end":
-                        yield Emit(_decode(LogEnd, event))
+                        yield Emit(parse(LogEnd, event.data, "the end event"))
                         return
         except TransportError:
             if failures >= reconnects:

@@ -70,11 +70,14 @@ class InvokeOptions(TypedDict, total=False):
     idempotency_key: str
 
 
-def parse(model: type[M], answer: Answer) -> M:
+def parse(model: type[M], answer: Answer | str, what: str = "the gateway's answer") -> M:
+    """An answer's body (or another JSON text of the gateway's, named by ``what``) as the
+    API's model; UnexpectedAnswer when it is not one."""
+    data = answer.body if isinstance(answer, Answer) else answer
     try:
-        return model.model_validate_json(answer.body)
+        return model.model_validate_json(data)
     except ValidationError as e:
-        raise UnexpectedAnswer(f"the gateway's answer is not a {model.__name__}: "
+        raise UnexpectedAnswer(f"{what} is not a {model.__name__}: "
                                f"{e.errors(include_url=False)[:3]}") from None
 
 
