@@ -96,3 +96,55 @@ def test_serve_refuses_an_invalid_setting_by_its_variable() -> None:
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "JOBGATE_K8S_RUNNER_PORT='99999': Input should be less than or equal to 65535" \
         in p.stderr
+
+
+def test_the_cli_has_no_http_client_of_its_own() -> None:
+    source = (ROOT / "gateway" / "cli" / "main.py").read_text()
+    assert "import httpx" not in source and "from gateway.client import" in source
+
+
+def test_list_across_pages_says_when_there_are_more(gateway: GatewayProcess,
+                                                    tmp_path: Path) -> None:
+    script = tmp_path / "n.sh"
+    script.write_text("echo $1")
+    ids = [jobgate(gateway, "invoke", str(script), "--async", "--", str(i)).stdout.strip()
+           for i in range(4)]
+    listed = jobgate(gateway, "list", "--limit", "3", "--profile", "bash")
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ids[:0:-1]
+    assert all(line.split()[2] == "bash" for line in listed.stdout.splitlines())
+    assert "# more: --limit 6" in listed.stderr
+    bogus = jobgate(gateway, "list", "--status", "bogus")
+    assert bogus.returncode == 2 and "HTTP 422: InvalidInput" in bogus.stderr
+
+
+def test_artifacts_listing_and_a_refused_key(gateway: GatewayProcess, tmp_path: Path) -> None:
+    script = tmp_path / "arts.py"
+    script.write_text("open('artifacts/r.txt', 'w').write('report')")
+    inv_id = jobgate(gateway, "invoke", str(script), "--async").stdout.strip()
+    env = {**os.environ, "JOBGATE_URL": gateway.url, "JOBGATE_API_KEY": KEY_A}
+    subprocess.run([sys.executable, "-c", "import sys; from gateway.client import Client; "
+                    "Client().wait(sys.argv[1], 30)", inv_id], env=env, check=True,
+                   timeout=60, cwd=ROOT)
+    listed = jobgate(gateway, "artifacts", inv_id)
+    assert listed.returncode == 0 and listed.stdout.split()[0] == "6"
+    assert listed.stdout.split()[-1] == "r.txt"
+    env["JOBGATE_API_KEY"] = "jg_not_a_key_0123456789"
+    p = subprocess.run([sys.executable, "-m", "gateway.cli.main", "get", inv_id], env=env,
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "HTTP 401: Unauthorized" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_logs_follow_needs_the_live_log_stream(gateway: GatewayProcess,
+                                               tmp_path: Path) -> None:
+    """`jobgate logs -f` per the live-logs contract (GET …/logs?follow=true as SSE); until
+    the gateway streams, it says so in one line. The end-to-end run is the lead's, with
+    the live-logs branch merged."""
+    script = tmp_path / "f.sh"
+    script.write_text("echo streamed")
+    inv_id = jobgate(gateway, "invoke", str(script), "--async").stdout.strip()
+    p = jobgate(gateway, "logs", "-f", inv_id)
+    if p.returncode == 2:
+        assert "does not stream logs" in p.stderr and "Traceback" not in p.stderr
+    else:
+        assert (p.returncode, p.stdout) == (0, "streamed\n"), p.stderr

@@ -3,10 +3,11 @@
     jobgate serve
     jobgate invoke FILE [--profile P] [--async] [--input JSON] [--timeout S] [--stdin]
                         [-- ARGS...]
-    jobgate get ID | logs ID | list | cancel ID | artifacts ID [--out DIR]
+    jobgate get ID | logs [-f] ID | list | cancel ID | artifacts ID [--out DIR]
     jobgate keys new TENANT | keys hash KEY
 
-Client commands read JOBGATE_URL (default http://127.0.0.1:8080) and JOBGATE_API_KEY.
+Client commands read JOBGATE_URL (default http://127.0.0.1:8080) and JOBGATE_API_KEY, and
+talk to the gateway through gateway.client.
 """
 
 from __future__ import annotations
@@ -14,20 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from gateway.auth.keys import hash_key, new_key
+from gateway.client import Client, InvokeOptions, JobgateError, LogEnd
+from gateway.models import Invocation, Status
 
 EXTENSIONS = {".py": "python3.11", ".sh": "bash", ".bash": "bash", ".js": "node20",
               ".mjs": "node20"}
-TERMINAL = {"succeeded", "failed", "timeout", "cancelled", "error"}
-EXIT_FOR_STATUS = {"timeout": 124, "cancelled": 130, "error": 70}
+EXIT_FOR_STATUS = {Status.timeout: 124, Status.cancelled: 130, Status.error: 70}
 
 
 class CliError(Exception):
@@ -64,30 +62,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- client --------------------------------------------------------------------------------
 
+# The CLI waits for a sync invocation as long as a person would: the profiles' longest
+# timeout (900 s) plus a long queue.
+CLI_WAIT_S = 3600.0
 
-class Client:
-    def __init__(self) -> None:
-        self.base = os.environ.get("JOBGATE_URL", "http://127.0.0.1:8080").rstrip("/")
-        key = os.environ.get("JOBGATE_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=120.0)
 
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            resp = self.http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise CliError(f"cannot reach the gateway at {self.base}: {e}") from None
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                msg = f"{err['code']}: {err['message']}"
-            except (ValueError, KeyError, TypeError):
-                msg = resp.text[:500]
-            raise CliError(f"HTTP {resp.status_code}: {msg}")
-        return resp
-
-    def json(self, method: str, path: str, **kw: Any) -> Any:
-        return self.call(method, path, **kw).json()
+def _client() -> Client:
+    return Client(wait_timeout_s=CLI_WAIT_S)
 
 
 def _progress(message: str) -> None:
@@ -96,30 +77,23 @@ def _progress(message: str) -> None:
         sys.stderr.flush()
 
 
-def _wait(client: Client, inv_id: str, started: float) -> dict[str, Any]:
-    """Long-poll until the invocation ends, showing progress on a terminal."""
-    while True:
-        record: dict[str, Any] = client.json("GET", f"/v1/invocations/{inv_id}",
-                                             params={"wait": 10})
-        if record["status"] in TERMINAL:
-            _progress("")
-            return record
-        _progress(f"{inv_id}: {record['status']} ({time.monotonic() - started:.0f}s)")
+def _exit_code(status: Status, exit_code: int | None) -> int:
+    """The invocation's own exit code when it ran to an end; else one per status."""
+    if exit_code is not None and status in (Status.succeeded, Status.failed):
+        return exit_code & 0xFF
+    return EXIT_FOR_STATUS.get(status, 0 if status is Status.succeeded else 1)
 
 
-def _print_result(record: dict[str, Any]) -> int:
-    sys.stdout.write(record.get("stdout") or "")
+def _print_result(record: Invocation) -> int:
+    sys.stdout.write(record.stdout or "")
     sys.stdout.flush()
-    sys.stderr.write(record.get("stderr") or "")
-    if record.get("stdout_truncated") or record.get("stderr_truncated"):
+    sys.stderr.write(record.stderr or "")
+    if record.stdout_truncated or record.stderr_truncated:
         sys.stderr.write("\njobgate: output was truncated; see `jobgate logs`\n")
-    status = record["status"]
-    if status != "succeeded" and record.get("reason") not in (None, "NonZeroExit"):
-        sys.stderr.write(f"jobgate: {status}: {record.get('reason')}: "
-                         f"{record.get('message') or ''}\n")
-    if record.get("exit_code") is not None and status in ("succeeded", "failed"):
-        return int(record["exit_code"]) & 0xFF
-    return EXIT_FOR_STATUS.get(status, 0 if status == "succeeded" else 1)
+    if record.status is not Status.succeeded and record.reason not in (None, "NonZeroExit"):
+        sys.stderr.write(f"jobgate: {record.status}: {record.reason}: "
+                         f"{record.message or ''}\n")
+    return _exit_code(record.status, record.exit_code)
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
@@ -131,80 +105,81 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     profile = args.profile or EXTENSIONS.get(path.suffix)
     if profile is None:
         raise CliError(f"cannot tell the profile from {path.name!r}: use --profile")
-    body: dict[str, Any] = {"profile": profile, "files": {path.name: code},
-                            "entrypoint": path.name, "args": args.args,
-                            "mode": "async" if args.async_ else "sync"}
+    options: InvokeOptions = {"files": {path.name: code}, "entrypoint": path.name,
+                              "args": args.args}
     if args.input is not None:
         try:
-            body["input"] = json.loads(args.input)
+            options["input"] = json.loads(args.input)
         except json.JSONDecodeError as e:
             raise CliError(f"--input is not JSON: {e}") from None
     if args.timeout is not None:
-        body["timeout_s"] = args.timeout
+        options["timeout_s"] = args.timeout
     if not sys.stdin.isatty() and args.stdin:
-        body["stdin"] = sys.stdin.read()
-    client = Client()
+        options["stdin"] = sys.stdin.read()
     started = time.monotonic()
-    resp = client.call("POST", "/v1/invocations", json=body)
-    record = resp.json()
-    if args.async_:
-        print(record["id"])
-        return 0
-    if resp.status_code == 202:
-        record = _wait(client, record["id"], started)
+    with _client() as client:
+        if args.async_:
+            print(client.submit(profile, **options).id)
+            return 0
+        record = client.invoke(profile, progress=lambda inv: _progress(
+            f"{inv.id}: {inv.status} ({time.monotonic() - started:.0f}s)"), **options)
+    _progress("")
     return _print_result(record)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    print(json.dumps(Client().json("GET", f"/v1/invocations/{args.id}"), indent=2))
+    with _client() as client:
+        print(client.get(args.id).model_dump_json(indent=2))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    logs = Client().json("GET", f"/v1/invocations/{args.id}/logs")
-    sys.stdout.write(logs["stdout"])
-    sys.stderr.write(logs["stderr"])
-    return 0
+    with _client() as client:
+        if not args.follow:
+            logs = client.logs(args.id)
+            sys.stdout.write(logs.stdout)
+            sys.stderr.write(logs.stderr)
+            return 0
+        for item in client.follow_logs(args.id):
+            if isinstance(item, LogEnd):
+                if item.stdout_truncated or item.stderr_truncated:
+                    sys.stderr.write("\njobgate: output was truncated\n")
+                return _exit_code(item.status, item.exit_code)
+            out = sys.stdout if item.stream == "stdout" else sys.stderr
+            out.write(item.data)
+            out.flush()
+    raise CliError("the log stream ended without its end")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("status", args.status), ("profile", args.profile),
-                                ("limit", args.limit)) if v}
-    page = Client().json("GET", "/v1/invocations", params=params)
-    for item in page["items"]:
-        print(f"{item['id']}  {item['status']:<10} {item['profile']:<12} "
-              f"{item['created_at']}  {item.get('reason') or ''}")
-    if page.get("next_cursor"):
-        print(f"# more: --cursor {page['next_cursor']}", file=sys.stderr)
+    limit = args.limit or 50
+    with _client() as client:
+        # One more than shown: to tell whether there are more.
+        items = list(client.list(args.status, args.profile, limit=limit + 1,
+                                 page_size=min(limit + 1, 200)))
+    for item in items[:limit]:
+        print(f"{item.id}  {item.status:<10} {item.profile:<12} "
+              f"{item.created_at.isoformat()}  {item.reason or ''}")
+    if len(items) > limit:
+        print(f"# more: --limit {limit * 2}", file=sys.stderr)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    record = Client().json("POST", f"/v1/invocations/{args.id}/cancel")
-    print(f"{record['id']}: {record['status']}")
+    with _client() as client:
+        record = client.cancel(args.id)
+    print(f"{record.id}: {record.status}")
     return 0
 
 
 def cmd_artifacts(args: argparse.Namespace) -> int:
-    client = Client()
-    items = client.json("GET", f"/v1/invocations/{args.id}/artifacts")["items"]
-    out = Path(args.out) if args.out else None
-    for item in items:
-        if out is None:
-            print(f"{item['size']:>12}  {item['sha256'][:16]}  {item['name']}")
-            continue
-        target = (out / item["name"]).resolve()
-        if out.resolve() not in target.parents:
-            raise CliError(f"refusing to write {item['name']!r} outside {out}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with client.http.stream("GET", f"/v1/invocations/{args.id}/artifacts/{item['name']}",
-                                follow_redirects=True) as resp:
-            if resp.status_code != 200:
-                raise CliError(f"HTTP {resp.status_code} for artifact {item['name']}")
-            with open(target, "wb") as f:
-                for chunk in resp.iter_bytes():
-                    f.write(chunk)
-        print(target)
+    with _client() as client:
+        if args.out is None:
+            for item in client.artifacts(args.id):
+                print(f"{item.size:>12}  {item.sha256[:16]}  {item.name}")
+            return 0
+        for target in client.download_artifacts(args.id, args.out):
+            print(target)
     return 0
 
 
@@ -238,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("id")
         p.set_defaults(func=func)
+        if name == "logs":
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="print the output as it is written, until the end")
     p = sub.add_parser("list", help="list recent invocations")
     p.add_argument("--status")
     p.add_argument("--profile")
@@ -267,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except CliError as e:
+    except (CliError, JobgateError) as e:
         _progress("")
         print(f"jobgate: {e}", file=sys.stderr)
         return 2
