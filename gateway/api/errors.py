@@ -5,6 +5,7 @@ error shape without it."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -24,15 +25,22 @@ async def jobgate_error(request: Request, exc: Exception) -> Response:
     return from_error(exc)
 
 
-async def validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ValidationError)
+def validation_details(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
+    """A validation error as every front door words it: the first problem as a sentence,
+    and each one (where, what, its type), never the input itself."""
     details = [
         {"loc": list(err["loc"]), "message": err["msg"], "type": err["type"]}
         for err in exc.errors(include_url=False, include_context=False, include_input=False)
     ]
     first = details[0] if details else {"loc": [], "message": "invalid"}
     where = ".".join(str(p) for p in first["loc"]) or "body"
-    return error_response("InvalidInput", f"{where}: {first['message']}", 422, details)
+    return f"{where}: {first['message']}", details
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    message, details = validation_details(exc)
+    return error_response("InvalidInput", message, 422, details)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
