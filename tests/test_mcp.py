@@ -339,6 +339,27 @@ async def test_stdio_keeps_tenants_apart(gateway: GatewayProcess) -> None:
     assert seen.is_error and "InvocationNotFound" in text_of(seen)
 
 
+async def test_stdio_says_when_the_gateway_is_away_and_serves_it_when_back(
+        tmp_path: Path) -> None:
+    """Each call is a connection of its own to the stateless /mcp: a gateway restarted
+    (or another replica at the same URL) serves the next call."""
+    import asyncio
+
+    gw = GatewayProcess(tmp_path / "data")
+    await asyncio.to_thread(gw.start)
+    try:
+        async with Client(stdio_params(gw, KEY_A)) as client:
+            await asyncio.to_thread(gw.stop)
+            away = await client.call_tool("list_profiles", {})
+            await asyncio.to_thread(gw.start)
+            back = await client.call_tool("list_profiles", {})
+    finally:
+        await asyncio.to_thread(gw.stop)
+    assert away.is_error and "GatewayError: no answer from the gateway" in text_of(away)
+    assert "ConnectError" in text_of(away)
+    assert not back.is_error and back.structured_content is not None
+
+
 def test_stdio_with_a_wrong_key_exits_saying_why(gateway: GatewayProcess) -> None:
     import subprocess
 

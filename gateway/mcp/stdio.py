@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -30,46 +32,66 @@ READ_TIMEOUT_S = 960.0
 
 
 class Proxy:
-    """The stdio server's handlers: each asks the gateway's /mcp."""
+    """The stdio server's handlers: each asks the gateway's /mcp, on a connection of its
+    own. /mcp keeps no session, so nothing is lost between calls, and a gateway that
+    restarts (or another replica behind the same URL) serves the next call."""
 
-    def __init__(self, remote: Client, url: str):
-        self.remote = remote
+    def __init__(self, url: str, key: str | None):
         self.url = url
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    @asynccontextmanager
+    async def remote(self) -> AsyncIterator[Client]:
+        timeout = httpx2.Timeout(30.0, read=READ_TIMEOUT_S)
+        async with (httpx2.AsyncClient(headers=self.headers, timeout=timeout) as http,
+                    Client(streamable_http_client(self.url + PATH, http_client=http)) as client):
+            yield client
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any],
                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return await self.remote.list_tools(cursor=params.cursor if params else None)
+        try:
+            async with self.remote() as remote:
+                return await remote.list_tools(cursor=params.cursor if params else None)
+        except Exception as e:  # noqa: BLE001 - a listing has no result to carry it: an error
+            raise MCPError(types.INTERNAL_ERROR, self._no_answer(e)) from None
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any],
                         params: types.CallToolRequestParams) -> types.CallToolResult:
         try:
-            return await self.remote.call_tool(params.name, params.arguments)
-        except MCPError:
-            raise  # the gateway's own protocol error (an unknown tool), passed on as it is
-        except (httpx2.HTTPError, OSError) as e:
-            return tool_error(f"GatewayUnreachable: cannot reach the gateway at {self.url}: "
-                              f"{e}")
+            async with self.remote() as remote:
+                return await remote.call_tool(params.name, params.arguments)
+        except Exception as e:  # noqa: BLE001 - whatever kept the answer away, the agent is told
+            unknown_tool = next((leaf for leaf in _leaves(e) if isinstance(leaf, MCPError)
+                                 and leaf.code == types.INVALID_PARAMS), None)
+            if unknown_tool is not None:  # the gateway's own protocol error, passed on
+                raise unknown_tool from None
+            return tool_error(f"GatewayError: {self._no_answer(e)}")
+
+    def _no_answer(self, error: BaseException) -> str:
+        return f"no answer from the gateway at {self.url}{PATH}: {_reasons(error)}"
 
 
 async def serve(url: str, key: str | None) -> None:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    timeout = httpx2.Timeout(30.0, read=READ_TIMEOUT_S)
-    async with (httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
-                Client(streamable_http_client(url + PATH, http_client=http)) as remote):
-        proxy = Proxy(remote, url)
-        info = remote.server_info
-        server: Server[Any] = Server(
-            "jobgate", version=info.version if info else "", title="jobgate (stdio)",
-            instructions=remote.instructions, on_list_tools=proxy.list_tools,
-            on_call_tool=proxy.call_tool)
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+    proxy = Proxy(url, key)
+    # Once at start, so that a wrong URL or key is said at once (and the exit status).
+    async with proxy.remote() as remote:
+        info, instructions = remote.server_info, remote.instructions
+    server: Server[Any] = Server(
+        "jobgate", version=info.version if info else "", title="jobgate (stdio)",
+        instructions=instructions, on_list_tools=proxy.list_tools,
+        on_call_tool=proxy.call_tool)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+def _reasons(error: BaseException) -> str:
+    return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in _leaves(error))
 
 
 def main() -> int:
@@ -84,9 +106,8 @@ def main() -> int:
         anyio.run(serve, url, key)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - told plainly: an MCP client shows this stderr to its user
-        reasons = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in _leaves(e))
-        print(f"jobgate mcp: cannot serve the gateway at {url}{PATH}: {reasons}",
+    except Exception as e:  # noqa: BLE001 - said plainly: MCP clients show this stderr
+        print(f"jobgate mcp: cannot serve the gateway at {url}{PATH}: {_reasons(e)}",
               file=sys.stderr)
         return 1
     return 0
