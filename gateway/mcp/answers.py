@@ -15,6 +15,9 @@ from gateway.errors import JobgateError
 from gateway.mcp.tools import RunResult
 from gateway.models import InvocationRecord, Status
 
+# The text names this many artifacts (the structured content has them all).
+ARTIFACTS_IN_TEXT = 20
+
 
 def cut(text: str, limit: int) -> tuple[str, bool]:
     """At most ``limit`` bytes of ``text`` as UTF-8, never half a character."""
@@ -22,6 +25,7 @@ def cut(text: str, limit: int) -> tuple[str, bool]:
     if len(data) <= limit:
         return text, False
     return data[:limit].decode(errors="ignore"), True
+
 
 def run_result(record: InvocationRecord, base_url: str, limit: int) -> RunResult:
     """The record as a tool answers it, its links absolute (an agent downloads them as
@@ -41,6 +45,7 @@ def run_result(record: InvocationRecord, base_url: str, limit: int) -> RunResult
         result=result, result_truncated=result_cut, result_error=record.result_error,
         artifacts=list(public.artifacts), links=public.links, run_ms=record.timings.run_ms)
 
+
 def _headline(run: RunResult) -> str:
     where = f"invocation {run.id} ({run.profile})"
     if not run.finished:
@@ -58,6 +63,7 @@ def _headline(run: RunResult) -> str:
     return f"{line}: {run.message}" if run.message and run.status is not Status.succeeded \
         else line
 
+
 def _text(run: RunResult, limit: int) -> str:
     lines = [_headline(run)]
     for name, text in (("stdout", run.stdout), ("stderr", run.stderr)):
@@ -67,8 +73,11 @@ def _text(run: RunResult, limit: int) -> str:
         lines += ["--- result ---", orjson.dumps(run.result).decode()]
     if run.result_error:
         lines.append(f"result.json: {run.result_error}")
-    for artifact in run.artifacts:
+    for artifact in run.artifacts[:ARTIFACTS_IN_TEXT]:
         lines.append(f"artifact {artifact.name} ({artifact.size} bytes): {artifact.url}")
+    if len(run.artifacts) > ARTIFACTS_IN_TEXT:
+        lines.append(f"and {len(run.artifacts) - ARTIFACTS_IN_TEXT} more artifacts: "
+                     f"{run.links.artifacts}")
     cut_parts = [name for name, was_cut in (("stdout", run.stdout_truncated),
                                             ("stderr", run.stderr_truncated),
                                             ("result", run.result_truncated)) if was_cut]
@@ -78,10 +87,12 @@ def _text(run: RunResult, limit: int) -> str:
                      f"Bearer key), the result at {run.links.self}]")
     return "\n".join(lines)
 
+
 def structured(model: BaseModel, text: str, *, is_error: bool = False) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)],
                                 structured_content=model.model_dump(mode="json"),
                                 is_error=is_error)
+
 
 def invocation_answer(record: InvocationRecord, base_url: str, limit: int, *,
                       failure_is_error: bool = True) -> types.CallToolResult:
@@ -90,6 +101,7 @@ def invocation_answer(record: InvocationRecord, base_url: str, limit: int, *,
     run = run_result(record, base_url, limit)
     failed = run.finished and run.status is not Status.succeeded
     return structured(run, _text(run, limit), is_error=failed and failure_is_error)
+
 
 def refusal(error: JobgateError) -> types.CallToolResult:
     """A refusal of the gateway (bad profile, limits, queue full, not found...) in the
@@ -101,11 +113,13 @@ def refusal(error: JobgateError) -> types.CallToolResult:
         text += f"\nretry after {error.retry_after or 1} s"
     return tool_error(text)
 
+
 def invalid_arguments(error: ValidationError) -> types.CallToolResult:
     message, details = validation_details(error)
     problems = "\n".join(f"- {'.'.join(str(p) for p in d['loc']) or 'arguments'}: "
                          f"{d['message']}" for d in details)
     return tool_error(f"InvalidInput: {message}\n{problems}")
+
 
 def tool_error(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
