@@ -54,6 +54,11 @@ GROUPED: dict[str, tuple[str, str, Any]] = {
                                              6_000_000),
     "JOBGATE_S3_MULTIPART_CHUNK_BYTES": ("5300000", "s3.multipart_chunk_bytes", 5_300_000),
     "JOBGATE_S3_PRESIGN_TTL_S": ("60", "s3.presign_ttl_s", 60),
+    "JOBGATE_MCP_ENABLED": ("false", "mcp.enabled", False),
+    "JOBGATE_MCP_ALLOWED_HOSTS": ("a.example:*, b", "mcp.allowed_hosts", ["a.example:*", "b"]),
+    "JOBGATE_MCP_ALLOWED_ORIGINS": ("https://c.example", "mcp.allowed_origins",
+                                    ["https://c.example"]),
+    "JOBGATE_MCP_OUTPUT_MAX_BYTES": ("4096", "mcp.output_max_bytes", 4096),
 }
 
 

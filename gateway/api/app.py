@@ -34,6 +34,7 @@ from gateway.dispatch.invoke import build_dispatcher
 from gateway.dispatch.parts import Parts
 from gateway.executors import make_executor
 from gateway.executors.base import Executor
+from gateway.mcp.endpoint import mcp_front_door
 from gateway.membership import make_membership
 from gateway.metrics.registry import Metrics
 from gateway.storage import make_store
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                store: ObjectStore | None = None) -> Starlette:
     settings = settings or Settings()
     gateway = build_gateway(settings, executor=executor, store=store)
+    mcp = mcp_front_door(gateway, jobgate_version())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -167,7 +169,10 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                  gateway.membership.name, gateway.executor.name, gateway.store.name,
                  ",".join(gateway.profiles.names()), recovered)
         try:
-            yield
+            async with contextlib.AsyncExitStack() as front_doors:
+                if mcp is not None:
+                    await front_doors.enter_async_context(mcp.run())
+                yield
         finally:
             await gateway.service.drain(settings.shutdown_grace_s)
             recovery.cancel()
@@ -184,7 +189,9 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                 except Exception:  # logged; the next step still runs
                     log.exception("a shutdown step failed; going on with the next")
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
+    # The MCP endpoint is a sub-app beside the REST routes, not in their OpenAPI document.
+    routes = [*ROUTES, *(mcp.routes if mcp is not None else [])]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=HANDLERS)
     attach(app, gateway, build_openapi(jobgate_version(), ROUTES,
                                        profiles=gateway.profiles.names(),
                                        sync_wait_s=settings.sync_wait_s))

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.bodies import read_json
-from gateway.api.errors import describe_validation
+from gateway.api.errors import validation_details
 from gateway.api.responses import answer, retry_after_of
 from gateway.api.state import gateway_of
 from gateway.dispatch.invoke import Dispatcher, InvocationRequest
@@ -72,7 +72,7 @@ async def _admit(service: Dispatcher, tenant: str, index: int, sent: Any, item: 
         outcome = await service.invoke(InvocationRequest(
             tenant, item, orjson.dumps(fields), item.idempotency_key or key))
     except ValidationError as e:
-        message, details = describe_validation(e)
+        message, details = validation_details(e)
         return _refused(index, InvalidInput(message, details))
     except JobgateError as e:
         return _refused(index, e)

@@ -25,9 +25,9 @@ async def jobgate_error(request: Request, exc: Exception) -> Response:
     return from_error(exc)
 
 
-def describe_validation(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
-    """The message (the first problem, where it is) and the details (every problem) of an
-    InvalidInput answer; never the input itself."""
+def validation_details(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
+    """A validation error as every front door words it: the first problem as a sentence,
+    and each one (where, what, its type), never the input itself."""
     details = [
         {"loc": list(err["loc"]), "message": err["msg"], "type": err["type"]}
         for err in exc.errors(include_url=False, include_context=False, include_input=False)
@@ -39,7 +39,7 @@ def describe_validation(exc: ValidationError) -> tuple[str, list[dict[str, Any]]
 
 async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
-    message, details = describe_validation(exc)
+    message, details = validation_details(exc)
     return error_response("InvalidInput", message, 422, details)
 
 

@@ -34,7 +34,6 @@ from gateway.models import (
     ArtifactList,
     ArtifactListing,
     Health,
-    InvocationCreate,
     InvocationLinks,
     InvocationLogs,
     InvocationPage,
@@ -72,11 +71,8 @@ async def create_invocation(request: Request) -> Response:
     gw = gateway_of(request.app)
     tenant = _tenant(request)
     data, raw = await _read_json(request, gw.settings.max_request_bytes)
-    if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object")
-    req = InvocationCreate.model_validate(data)
-    outcome = await gw.service.invoke(InvocationRequest(
-        tenant, req, raw, request.headers.get("idempotency-key")))
+    outcome = await gw.service.invoke(InvocationRequest.parse(
+        tenant, data, raw, request.headers.get("idempotency-key")))
     if not outcome.finished:
         return _accepted(outcome.record)
     return answer(outcome.record.public(INV))

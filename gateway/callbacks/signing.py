@@ -79,18 +79,28 @@ def verify_webhook(body: bytes, headers: Mapping[str, str], secret: str | Sequen
     either way. Header names are matched in any case. Pass the body exactly as received,
     before any JSON parsing. ValueError for a malformed ``whsec_`` secret (the receiver's
     own configuration); anything wrong with the request is False."""
+    return webhook_fault(body, headers, secret, tolerance_s, now=now) is None
+
+
+def webhook_fault(body: bytes, headers: Mapping[str, str], secret: str | Sequence[str],
+                  tolerance_s: float = 300, *, now: float | None = None) -> str | None:
+    """What is wrong with a delivery, in words (None: nothing, it verifies): the check
+    behind ``verify_webhook``, for callers that say why they refused one."""
     secrets = [secret] if isinstance(secret, str) else list(secret)
     keys = [secret_key(s) for s in secrets]
     lowered = {name.lower(): value for name, value in headers.items()}
     msg_id = lowered.get(WEBHOOK_ID, "")
     stamp = lowered.get(WEBHOOK_TIMESTAMP, "")
     signatures = lowered.get(WEBHOOK_SIGNATURE, "")
-    if not (msg_id and stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
-        return False
+    if not (msg_id and stamp and signatures):
+        return "missing webhook-id, webhook-timestamp or webhook-signature"
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        return f"webhook-timestamp is not Unix seconds: {stamp[:20]!r}"
     timestamp = int(stamp)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_s:
-        return False
+        return (f"webhook-timestamp is outside the tolerance ({tolerance_s:g} s): a replay, "
+                "or a clock off")
     given: list[bytes] = []
     for entry in signatures.split(" ")[:MAX_SIGNATURES]:
         version, _, encoded = entry.partition(",")
@@ -106,7 +116,7 @@ def verify_webhook(body: bytes, headers: Mapping[str, str], secret: str | Sequen
     for mac in expected:
         for candidate in given:
             matched |= hmac.compare_digest(mac, candidate)
-    return matched
+    return None if matched else "no signature matches"
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:

@@ -5,6 +5,7 @@
                         [-- ARGS...]
     jobgate get ID | logs [-f] ID | list | cancel ID | artifacts ID [--out DIR]
     jobgate keys new TENANT | keys hash KEY
+    jobgate mcp                 (the gateway's MCP tools over stdio)
 
 Client commands read JOBGATE_URL (default http://127.0.0.1:8080) and JOBGATE_API_KEY, and
 talk to the gateway through gateway.client.
@@ -193,6 +194,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from gateway.mcp.stdio import main as serve_mcp_stdio
+
+    return serve_mcp_stdio()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobgate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -225,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--out", help="download into this directory")
     p.set_defaults(func=cmd_artifacts)
+    sub.add_parser("mcp", help="serve the gateway's MCP tools over stdio (docs/mcp.md)"
+                   ).set_defaults(func=cmd_mcp)
     p = sub.add_parser("keys", help="make an API key, or hash one")
     p.add_argument("action", choices=["new", "hash"])
     p.add_argument("value", help="tenant (new) or key (hash)")

@@ -116,6 +116,22 @@ class S3Settings(_Group):
     presign_ttl_s: int = Field(900, gt=0, le=7 * 86400)
 
 
+class McpSettings(_Group):
+    """The MCP endpoint (``/mcp``, and ``jobgate mcp`` over stdio): ``JOBGATE_MCP_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBGATE_MCP_")
+
+    enabled: bool = True
+    # Host header values /mcp answers ("name:*" for any port). Empty: the loopback names
+    # when the gateway binds loopback, no Host check otherwise (the SDK's own default).
+    allowed_hosts: Csv = Field(default_factory=list)
+    # Origin header values allowed (a browser's page); a request without Origin passes.
+    allowed_origins: Csv = Field(default_factory=list)
+    # The most of stdout, of stderr and of the result's JSON one tool result carries, so
+    # one call cannot flood an agent's context (the whole output stays behind its logs link).
+    output_max_bytes: int = Field(16 * 1024, ge=256, le=1 * MiB)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JOBGATE_", env_file=None, extra="ignore", frozen=True
@@ -213,6 +229,9 @@ class Settings(BaseSettings):
     # How long result uploads are retried while storage is down before the invocation
     # ends as error/StorageUnavailable.
     storage_retry_budget_s: float = Field(120.0, ge=0)
+
+    # -- front doors besides the HTTP API ----------------------------------------------------
+    mcp: McpSettings = Field(default_factory=McpSettings)
 
     # -- janitor --------------------------------------------------------------------------
     janitor_interval_s: float = Field(60.0, gt=0)

@@ -30,6 +30,15 @@ class InvocationRequest:
     raw: bytes
     idempotency_key: str | None = None
 
+    @classmethod
+    def parse(cls, tenant: str, data: object, raw: bytes,
+              idempotency_key: str | None = None) -> InvocationRequest:
+        """The request from a body as it arrived, ``data`` parsed from ``raw``: a JSON
+        object that validates as ``InvocationCreate`` (a pydantic ValidationError if not)."""
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return cls(tenant, InvocationCreate.model_validate(data), raw, idempotency_key)
+
 
 class Admission:
     def __init__(self, parts: Parts, policy: CallbackPolicy, lifecycle: Lifecycle,
