@@ -32,6 +32,7 @@ from gateway.client import (
     TransportError,
     Unauthorized,
     Unavailable,
+    UnexpectedAnswer,
     UnsafeArtifactName,
     WaitTimeout,
     safe_target,
@@ -325,6 +326,19 @@ def test_429_and_503_are_retried_honouring_retry_after() -> None:
     assert at[1] - at[0] >= 0.95  # Retry-After: 1
     assert at[2] - at[1] >= 0.9   # the HTTP-date
     assert 0.09 <= at[3] - at[2] < 1  # no Retry-After: the backoff
+
+
+def test_fields_a_newer_gateway_added_are_ignored_and_a_wrong_answer_is_refused() -> None:
+    newer = (b'{"id": "inv_0000000000aaaaaaaaaa", "status": "queued", "region": "eu",'
+             b' "links": {"self": "s", "logs": "l", "artifacts": "a", "cancel": "c",'
+             b' "events": "e"}}')
+    wrong = b'{"id": "inv_0000000000aaaaaaaaaa", "status": 7, "extra": 1}'
+    with ScriptedServer([answer(202, newer), answer(202, wrong)]) as server, \
+            Client(server.url, KEY_A) as c:
+        accepted = c.submit("bash", "true")
+        assert accepted.id == "inv_0000000000aaaaaaaaaa" and accepted.links.logs == "l"
+        with pytest.raises(UnexpectedAnswer):
+            c.submit("bash", "true")
 
 
 def test_an_invoke_is_retried_with_the_same_key_and_body() -> None:

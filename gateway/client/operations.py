@@ -72,13 +72,40 @@ class InvokeOptions(TypedDict, total=False):
 
 def parse(model: type[M], answer: Answer | str, what: str = "the gateway's answer") -> M:
     """An answer's body (or another JSON text of the gateway's, named by ``what``) as the
-    API's model; UnexpectedAnswer when it is not one."""
-    data = answer.body if isinstance(answer, Answer) else answer
+    API's model; UnexpectedAnswer when it is not one. Fields this client does not know
+    are dropped, not refused: a newer gateway may add fields to an answer (the API's
+    models forbid extras, so the OpenAPI document says additionalProperties: false for
+    the gateway's side of the contract)."""
+    text = answer.body if isinstance(answer, Answer) else answer
     try:
-        return model.model_validate_json(data)
+        return model.model_validate_json(text)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        if not all(err["type"] == "extra_forbidden" for err in errors):
+            raise UnexpectedAnswer(f"{what} is not a {model.__name__}: {errors[:3]}") \
+                from None
+    data = orjson.loads(text)
+    for err in errors:
+        _drop(data, err["loc"])
+    try:
+        return model.model_validate(data)
     except ValidationError as e:
         raise UnexpectedAnswer(f"{what} is not a {model.__name__}: "
                                f"{e.errors(include_url=False)[:3]}") from None
+
+
+def _drop(data: Any, loc: tuple[int | str, ...]) -> None:
+    """Remove the field at ``loc`` (a validation error's location) from parsed JSON."""
+    *path, name = loc
+    for step in path:
+        if isinstance(data, dict):
+            data = data.get(step)
+        elif isinstance(data, list) and isinstance(step, int) and 0 <= step < len(data):
+            data = data[step]
+        else:
+            return
+    if isinstance(data, dict):
+        data.pop(name, None)
 
 
 def invocation_path(invocation_id: str, *rest: str) -> str:
