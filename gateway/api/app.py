@@ -32,6 +32,7 @@ from gateway.config.profiles import load_profiles
 from gateway.config.settings import Settings
 from gateway.dispatch.invoke import build_dispatcher
 from gateway.dispatch.parts import Parts
+from gateway.errors import ConfigError
 from gateway.executors import make_executor
 from gateway.executors.base import Executor
 from gateway.mcp.endpoint import mcp_front_door
@@ -41,6 +42,7 @@ from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
 from gateway.storage.janitor import Janitor
 from gateway.storage.records import InvocationStore
+from gateway.tenants.limits import LimitsTable
 
 log = logging.getLogger("jobgate")
 # How often the leader (Lease membership) looks for work left by replicas that died.
@@ -89,6 +91,10 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
         raise StartupError(
             "the kubernetes executor needs shared storage: set JOBGATE_STORAGE=s3 (workers "
             "upload their outputs there through presigned URLs)")
+    try:
+        limits = LimitsTable.load(settings.tenant_limits, settings.tenant_limits_file)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
     profiles = load_profiles(settings.profiles,
                              check_installed=settings.executor == "local")
     metrics = Metrics()
@@ -107,7 +113,7 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
             raise StartupError(f"JOBGATE_CALLBACK_SECRET or JOBGATE_CALLBACK_PREVIOUS_SECRETS:"
                                f" {e}") from None
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secrets)
-    parts = Parts(settings, profiles, executor, records, metrics, membership)
+    parts = Parts(settings, profiles, executor, records, metrics, membership, limits)
     service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
     return Gateway(settings, profiles, Authenticator(keys), metrics, store, records,

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     # Comma-separated "tenant:sha256hex" entries (hashes of the keys, never the keys).
     api_keys: Csv = Field(default_factory=list)
     api_keys_file: Path | None = None
+    # Per-tenant limits (gateway/tenants/limits.py): inline JSON, or a TOML/JSON file.
+    tenant_limits: str | None = None
+    tenant_limits_file: Path | None = None
 
     # -- limits on what a client controls -----------------------------------------------
     max_request_bytes: int = Field(8 * MiB, gt=0)

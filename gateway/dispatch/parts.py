@@ -10,6 +10,7 @@ from gateway.executors.base import Executor
 from gateway.membership.base import Membership
 from gateway.metrics.registry import Metrics
 from gateway.storage.records import InvocationStore
+from gateway.tenants.limits import LimitsTable
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,4 @@ class Parts:
     records: InvocationStore
     metrics: Metrics
     membership: Membership
+    limits: LimitsTable

@@ -1,0 +1,1 @@
+"""Tenants: the limits each may use (limits.py), and what enforces them."""
