@@ -1,7 +1,6 @@
 """The invocation layout on an object store. Everything an invocation owns lives under
 one prefix per tenant and invocation, so it is deleted in one sweep:
 
-    {tenant}/{id}/request.json       the accepted request (written before any 202)
     {tenant}/{id}/record.json        the invocation record (status, result, timings);
                                      once it ended, with its output when that is small
     {tenant}/{id}/stdout, stderr     captured output (capped), when it is not small
@@ -10,7 +9,8 @@ one prefix per tenant and invocation, so it is deleted in one sweep:
 
 Beside it, small indexes, each an object per entry so any replica can read them:
 
-    _pending/{tenant}/{id}           accepted and not finished: recovered after a crash
+    _pending/{tenant}/{id}           accepted and not finished: recovered after a crash;
+                                     it holds the accepted request (what recovery runs)
     _callbacks/{tenant}/{id}         a callback not yet delivered (its owner, its secret)
     _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
     _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
@@ -40,7 +40,6 @@ REPORT = "report.json"
 _SEP = "~"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
-BINARY = "application/octet-stream"
 # Output up to this size (stdout and stderr together, UTF-8) is kept inside the record.
 INLINE_OUTPUT_BYTES = 16 * 1024
 
@@ -108,10 +107,9 @@ class InvocationStore:
         t, i = record.tenant, record.id
         marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
         extra_keys = []
-        items = [
-            (self.key(t, i, "request.json"), request_body, JSON),
-            (self._entry(PENDING, t, i), b"", BINARY),
-        ]
+        # The request rides in the pending marker: only recovery reads it, and only
+        # while the marker exists (one object fewer to write per invocation).
+        items = [(self._entry(PENDING, t, i), request_body, JSON)]
         if idempotency is not None:
             key_hash, body_hash = idempotency
             idem_key = self._entry(IDEMPOTENCY, t, key_hash)
@@ -176,7 +174,11 @@ class InvocationStore:
         return out, err
 
     async def load_request(self, tenant: str, invocation_id: str) -> bytes:
-        return await self._store.get(self.key(tenant, invocation_id, "request.json"))
+        """The accepted request of an unfinished invocation (ObjectNotFound: none)."""
+        body = await self._store.get(self._entry(PENDING, tenant, invocation_id))
+        if not body:  # accepted by a gateway before 0.1's request-in-the-marker layout
+            body = await self._store.get(self.key(tenant, invocation_id, "request.json"))
+        return body
 
     async def list_page(self, tenant: str, *, status: Status | None, profile: str | None,
                         cursor: str | None, limit: int
