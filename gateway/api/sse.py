@@ -12,8 +12,9 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.dispatch.follow import Chunk, End, Follow, Offsets, Piece
+from gateway.dispatch.follow import Chunk, Follow, Offsets, Piece
 from gateway.errors import InvalidInput
+from gateway.models import LiveLogEnd, LiveLogOutput
 
 MEDIA_TYPE = "text/event-stream"
 # Offsets beyond any output a gateway keeps, yet exact as JSON numbers.
@@ -24,15 +25,11 @@ EVENT_ID = re.compile(r"^([0-9]{1,16})\.([0-9]{1,16})$")
 def event(piece: Piece) -> bytes:
     """One piece as an event (a comment, for a ping)."""
     if isinstance(piece, Chunk):
-        data = orjson.dumps({"stream": piece.stream, "offset": piece.offset,
-                             "data": piece.data})
+        data = LiveLogOutput(stream=piece.stream, offset=piece.offset, data=piece.data)
         return b"event: output\nid: %d.%d\ndata: %s\n\n" % (
-            piece.after.stdout, piece.after.stderr, data)
-    if isinstance(piece, End):
-        data = orjson.dumps({"status": piece.status.value, "exit_code": piece.exit_code,
-                             "stdout_truncated": piece.stdout_truncated,
-                             "stderr_truncated": piece.stderr_truncated})
-        return b"event: end\ndata: %s\n\n" % data
+            piece.after.stdout, piece.after.stderr, orjson.dumps(data.model_dump()))
+    if isinstance(piece, LiveLogEnd):
+        return b"event: end\ndata: %s\n\n" % orjson.dumps(piece.model_dump(mode="json"))
     return b": ping\n\n"
 
 

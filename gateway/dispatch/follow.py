@@ -26,7 +26,7 @@ from gateway.dispatch.lifecycle import Lifecycle
 from gateway.dispatch.live import LiveTable
 from gateway.errors import StorageUnavailable, TooManyFollowers
 from gateway.executors.live_output import STREAMS, StreamName, char_end, char_start
-from gateway.models import InvocationRecord, Status
+from gateway.models import InvocationRecord, LiveLogEnd
 
 # The most text one event carries (whole characters: a little less).
 CHUNK_BYTES = 16 * 1024
@@ -53,19 +53,11 @@ class Chunk:
 
 
 @dataclass(frozen=True)
-class End:
-    status: Status
-    exit_code: int | None
-    stdout_truncated: bool
-    stderr_truncated: bool
-
-
-@dataclass(frozen=True)
 class Ping:
     """Nothing happened for a while (a keep-alive)."""
 
 
-Piece = Chunk | End | Ping
+Piece = Chunk | LiveLogEnd | Ping
 
 
 class FollowerSlots:
@@ -128,7 +120,7 @@ class Follow:
             self._followers.slots.give_back(self.invocation_id)
 
     async def pieces(self) -> AsyncIterator[Piece]:
-        """Output as it comes, then End; or nothing more once the gateway stops (the
+        """Output as it comes, then how it ended; or nothing more once the gateway stops (the
         follower then reconnects with its offsets, to this replica or another)."""
         f = self._followers
         live = None
@@ -171,14 +163,15 @@ class Follow:
         return None
 
     def _ending(self, record: InvocationRecord) -> Iterator[Piece]:
-        """The stored output past what was sent, then End."""
+        """The stored output past what was sent, then how it ended."""
         texts = {"stdout": (record.stdout or "").encode(),
                  "stderr": (record.stderr or "").encode()}
         for stream in self.streams:
             for chunk in slices(stream, texts[stream], self.offsets):
                 yield self._sent(chunk)
-        yield End(record.status, record.exit_code, record.stdout_truncated,
-                  record.stderr_truncated)
+        yield LiveLogEnd(status=record.status, exit_code=record.exit_code,
+                         stdout_truncated=record.stdout_truncated,
+                         stderr_truncated=record.stderr_truncated)
 
     def _sent(self, piece: Piece) -> Piece:
         self._last_sent = time.monotonic()
