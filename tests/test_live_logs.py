@@ -239,6 +239,10 @@ def test_bad_follow_parameters_are_refused(client: httpx.Client) -> None:
 def test_followers_are_limited_and_their_slots_come_back(client: httpx.Client) -> None:
     inv = start(client, "import time\ntime.sleep(30)")
     try:
+        # A HEAD answers the stream's head at once, and holds no slot.
+        head = client.head(f"/v1/invocations/{inv}/logs", params={"follow": "true"})
+        assert head.status_code == 200
+        assert head.headers["content-type"].startswith("text/event-stream")
         with contextlib.ExitStack() as streams:
             opened, refused = 0, None
             for _ in range(64):  # the per-invocation limit is far below this

@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response, S
 from starlette.routing import Route
 
 from gateway.api.responses import JSONResponse, answer
-from gateway.api.sse import EventStream, offsets_of, wants_follow
+from gateway.api.sse import MEDIA_TYPE, EventStream, offsets_of, wants_follow
 from gateway.api.state import gateway_of, openapi_of
 from gateway.config.profiles import ProfileList
 from gateway.dispatch.invoke import InvocationRequest
@@ -160,6 +160,9 @@ async def get_logs(request: Request) -> Response:
         raise InvalidInput("stream must be stdout or stderr")
     offsets = offsets_of(request.query_params, request.headers)
     if wants_follow(request.query_params):
+        if request.method == "HEAD":  # the stream's head, without holding a stream open
+            await gw.service.get(tenant, inv)
+            return Response(media_type=MEDIA_TYPE)
         streams = tuple(name for name in STREAMS if stream in (None, "", name))
         return EventStream(await gw.service.follow_logs(tenant, inv, offsets, streams))
     record = await gw.service.get(tenant, inv)
