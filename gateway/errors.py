@@ -102,6 +102,11 @@ class QueueFull(JobgateError):
     code = "QueueFull"
 
 
+class TooManyFollowers(JobgateError):
+    status = 429
+    code = "TooManyFollowers"
+
+
 class ShuttingDown(JobgateError):
     status = 503
     code = "ShuttingDown"

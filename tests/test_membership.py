@@ -23,6 +23,7 @@ from gateway.dispatch.plan import make_plan
 from gateway.errors import ConfigError, InvalidInput, WorkerLost
 from gateway.executors.base import Executor, WorkerHandle
 from gateway.executors.kubernetes.reasons import no_fault_of_the_code
+from gateway.executors.live_output import LiveOutput
 from gateway.ids import new_invocation_id
 from gateway.membership.base import Membership
 from gateway.membership.standalone import StandaloneMembership
@@ -63,7 +64,8 @@ class ScriptedExecutor(FakeExecutor):
         return WorkerHandle(id=f"w{n}", profile=profile.name, address="http://w", token="t",
                             ready_at=0.0, start_latency_s=0.0)
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         self.events.append(("run", assignment.attempt))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, WorkerLost):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from gateway.dispatch.plan import Plan
 from gateway.executors.base import WorkerHandle
+from gateway.executors.live_output import LiveOutput
 from gateway.models import InvocationCreate, InvocationRecord
 from gateway.supervise import TaskSet
 
@@ -25,6 +26,8 @@ class LiveInvocation:
     worker: WorkerHandle | None = None
     cancel_requested: bool = False
     abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
+    # Its output while it runs, for followers (empty unless someone follows).
+    output: LiveOutput = field(default_factory=LiveOutput)
     # Record writes not waited for (the 'running' state): settled before any write that
     # must land after them.
     pending_writes: TaskSet = field(init=False)
