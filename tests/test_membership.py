@@ -95,9 +95,11 @@ def run(store_dir: Path) -> Run:
         async def wrapped() -> None:
             store = LocalStore(store_dir)
             await store.start()
+            records = InvocationStore(store)
             try:
-                await main(InvocationStore(store))
+                await main(records)
             finally:
+                await records.close()
                 await store.close()
         asyncio.run(wrapped())
     return runner
@@ -176,6 +178,7 @@ def test_a_gateway_recovers_its_own_work_and_no_live_peer_s(run: Run) -> None:
             (Status.succeeded, 1, [])
         for left in (peers, peers_queued):  # a's: not b's to take, a may be alive
             assert (await records.load(TENANT, left.id)).status == left.status
+        await records.flush()  # finished markers' deletes, waiting to share a request
         assert {i for _, i in await records.pending()} == {peers.id, peers_queued.id}
 
         # The leader, once its membership knows a is gone, takes over a's work.

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from gateway.errors import InvocationNotFound, ObjectNotFound
 from gateway.models import InvocationRecord, Status
 from gateway.storage.base import ObjectStore
+from gateway.storage.deferred import FLUSH_EVERY_S, DeferredDeletes
 
 PENDING = "_pending"
 EXPIRY = "_expiry"
@@ -71,9 +72,20 @@ class CallbackMark:
 class InvocationStore:
     """The only reader and writer of the layout above: nothing else builds a key."""
 
-    def __init__(self, store: ObjectStore, *, list_concurrency: int = 16):
+    def __init__(self, store: ObjectStore, *, list_concurrency: int = 16,
+                 delete_delay_s: float = FLUSH_EVERY_S):
         self._store = store
         self._list_concurrency = list_concurrency
+        # A finished invocation's pending marker goes with others in one request.
+        self._deferred = DeferredDeletes(store, delete_delay_s)
+
+    async def flush(self) -> None:
+        """The deletes waiting to share a request, done now."""
+        await self._deferred.flush()
+
+    async def close(self) -> None:
+        """The deletes still waiting, done (before the store closes)."""
+        await self._deferred.close()
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -145,7 +157,9 @@ class InvocationStore:
             items = [(self.key(t, i, "stdout"), out, TEXT),
                      (self.key(t, i, "stderr"), err, TEXT), self._record_item(record)]
         await self._store.put_many(items, expires_at=record.expires_at)
-        await self._store.delete_keys([self._entry(PENDING, t, i)])
+        # The marker may wait for others (one DeleteObjects for many on S3): if a crash
+        # keeps it, recovery finds the invocation finished and drops it then.
+        self._deferred.add(self._entry(PENDING, t, i))
 
     # -- reads --------------------------------------------------------------------------
 
