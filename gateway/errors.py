@@ -34,6 +34,14 @@ class PayloadTooLarge(JobgateError):
     code = "PayloadTooLarge"
 
 
+class StorageQuotaExceeded(JobgateError):
+    """The tenant's stored bytes would go past its ``max_stored_bytes``: nothing was
+    stored; it may store again once older invocations reach their TTL."""
+
+    status = 413
+    code = "StorageQuotaExceeded"
+
+
 class UnsupportedMediaType(JobgateError):
     status = 415
     code = "UnsupportedMediaType"

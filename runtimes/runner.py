@@ -892,7 +892,12 @@ def upload_outputs(report: dict[str, Any], uploads: dict[str, Any]) -> None:
                 raise UploadError(f"the gateway answered {status}")
             answer: dict[str, Any] = json.loads(body or b"{}")
             if status != 200:
-                answer.setdefault("refused", f"the gateway answered {status}: {body[:300]!r}")
+                # The gateway's one error shape: its message, and its code for the report
+                # (StorageQuotaExceeded becomes the invocation's reason StorageQuota).
+                error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+                answer.setdefault("refused", error.get("message")
+                                  or f"the gateway answered {status}: {body[:300]!r}")
+                answer.setdefault("refused_code", error.get("code"))
             return answer
 
         try:
@@ -901,6 +906,7 @@ def upload_outputs(report: dict[str, Any], uploads: dict[str, Any]) -> None:
             answer = {"refused": str(e)}
         if answer.get("refused"):
             report["artifact_error"] = report.get("artifact_error") or answer["refused"]
+            report["artifact_refusal"] = answer.get("refused_code")
             report["artifacts"] = []
         else:
             urls = answer.get("urls", {})

@@ -38,6 +38,7 @@ from gateway.models import (
 from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
 from gateway.tenants.limits import LimitsTable
+from gateway.tenants.quota import StorageQuota
 from tests.fakes import FakeExecutor, FakeMembership
 
 TENANT = "tenant-a"
@@ -111,8 +112,11 @@ def make_service(records: InvocationStore, executor: Executor, membership: Membe
     metrics = Metrics()
     policy = CallbackPolicy([])
     deliverer = CallbackDeliverer(config, records, metrics, policy, ["s" * 32])
+    limits = LimitsTable()
+    quota = StorageQuota(records.usage, limits, metrics.tenant_stored_bytes,
+                         refresh_s=config.usage_refresh_s, named=())
     parts = Parts(config, load_profiles(None), executor, records, metrics, membership,
-                  LimitsTable())
+                  limits, quota)
     return build_dispatcher(parts, deliverer, policy, UploadTokens("s" * 32))
 
 

@@ -23,7 +23,7 @@ from gateway.api.openapi import build_openapi
 from gateway.api.routes import ROUTES
 from gateway.api.state import Gateway, attach, gateway_of
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.keys import KeyRing
+from gateway.auth.keys import DEFAULT_TENANT, KeyRing
 from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.signing import secret_key
@@ -43,6 +43,7 @@ from gateway.storage.base import ObjectStore
 from gateway.storage.janitor import Janitor
 from gateway.storage.records import InvocationStore
 from gateway.tenants.limits import LimitsTable
+from gateway.tenants.quota import StorageQuota
 
 log = logging.getLogger("jobgate")
 # How often the leader (Lease membership) looks for work left by replicas that died.
@@ -113,7 +114,10 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
             raise StartupError(f"JOBGATE_CALLBACK_SECRET or JOBGATE_CALLBACK_PREVIOUS_SECRETS:"
                                f" {e}") from None
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secrets)
-    parts = Parts(settings, profiles, executor, records, metrics, membership, limits)
+    quota = StorageQuota(records.usage, limits, metrics.tenant_stored_bytes,
+                         refresh_s=settings.usage_refresh_s,
+                         named={entry.tenant for entry in keys.entries} or {DEFAULT_TENANT})
+    parts = Parts(settings, profiles, executor, records, metrics, membership, limits, quota)
     service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
     return Gateway(settings, profiles, Authenticator(keys), metrics, store, records,
@@ -170,6 +174,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         gateway.janitor.start()
         recovery = asyncio.create_task(gateway.service.recovery_loop(RECOVERY_INTERVAL_S),
                                        name="recovery")
+        usage = asyncio.create_task(gateway.service.quota.loop(), name="usage")
         log.info("jobgate %s ready: replica=%s membership=%s executor=%s storage=%s "
                  "profiles=%s recovered=%d", jobgate_version(), gateway.membership.identity,
                  gateway.membership.name, gateway.executor.name, gateway.store.name,
@@ -182,7 +187,8 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         finally:
             await gateway.service.drain(settings.shutdown_grace_s)
             recovery.cancel()
-            await asyncio.gather(recovery, return_exceptions=True)
+            usage.cancel()
+            await asyncio.gather(recovery, usage, return_exceptions=True)
             # Each step runs whatever the one before it raised: a stop that gives up
             # half-way leaves sessions open and the exit status says "failed".
             for step in (gateway.janitor.stop, gateway.executor.stop,

@@ -103,7 +103,8 @@ ERRORS: dict[int, Answer] = {
                 (ErrorResponse,)),
     408: Answer("RequestTimeout: the request head or body came too slowly", (ErrorResponse,)),
     409: Answer("IdempotencyConflict, AlreadyFinished", (ErrorResponse,)),
-    413: Answer("PayloadTooLarge: the body, code, files, input, stdin or an env value",
+    413: Answer("PayloadTooLarge: the body, code, files, input, stdin or an env value; "
+                "StorageQuotaExceeded: the tenant keeps its max_stored_bytes already",
                 (ErrorResponse,)),
     415: Answer("UnsupportedMediaType: the body must be application/json", (ErrorResponse,)),
     422: Answer("InvalidInput (details lists each problem), ProfileNotFound, CallbackRefused",

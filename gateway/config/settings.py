@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     # Per-tenant limits (gateway/tenants/limits.py): inline JSON, or a TOML/JSON file.
     tenant_limits: str | None = None
     tenant_limits_file: Path | None = None
+    # How often each replica lists the stored bytes of the tenants in use (the usage
+    # ledger): how far another replica's writes may go unseen by this one's quota.
+    usage_refresh_s: float = Field(2.0, gt=0, le=3600)
 
     # -- limits on what a client controls -----------------------------------------------
     max_request_bytes: int = Field(8 * MiB, gt=0)

@@ -1,6 +1,6 @@
 """Admission of one invocation: validate against its profile (the plan) -> idempotency ->
-room (the executor's queue) -> persist the request and the record (durable from here,
-before any 202) -> hand it to the lifecycle."""
+room (the executor's queue, the tenant's stored-bytes quota) -> persist the request and
+the record (durable from here, before any 202) -> hand it to the lifecycle."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.callbacks.signing import secret_key
 from gateway.callbacks.ssrf import CallbackPolicy
+from gateway.dispatch.charges import admission_charge
 from gateway.dispatch.keyed_locks import KeyedLocks
 from gateway.dispatch.lifecycle import Lifecycle
 from gateway.dispatch.live import LiveInvocation, LiveTable
 from gateway.dispatch.parts import Parts
 from gateway.dispatch.plan import Plan, make_plan
-from gateway.errors import IdempotencyConflict, InvalidInput, ShuttingDown, StorageUnavailable
+from gateway.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    ShuttingDown,
+    StorageQuotaExceeded,
+    StorageUnavailable,
+)
 from gateway.ids import new_invocation_id, new_token
 from gateway.models import CallbackState, InvocationCreate, InvocationRecord
 
@@ -93,6 +100,12 @@ class Admission:
                                  ) -> tuple[InvocationRecord, LiveInvocation]:
         req = request.body
         self.parts.executor.check_room(plan.profile)
+        charge = admission_charge(request.raw)
+        try:
+            await self.parts.quota.reserve(request.tenant, charge)
+        except StorageQuotaExceeded:
+            self.parts.metrics.rejected.labels("StorageQuotaExceeded").inc()
+            raise
         now = datetime.now(UTC)
         record = InvocationRecord(
             id=new_invocation_id(), tenant=request.tenant, profile=plan.profile.name,
@@ -102,9 +115,12 @@ class Admission:
                 url=req.callback.url, delivery_id=f"dlv_{new_token(12)}"),
         )
         try:
-            await self.parts.records.create(record, request.raw, idempotency)
+            await self.parts.records.create(record, request.raw, idempotency,
+                                            stored_bytes=charge)
         except StorageUnavailable:
             self.parts.metrics.rejected.labels("StorageUnavailable").inc()
             raise
         self.parts.metrics.accepted.labels(record.profile, record.mode).inc()
-        return record, self.lifecycle.start(record, plan, req)
+        live = self.lifecycle.start(record, plan, req)
+        live.charged = charge
+        return record, live

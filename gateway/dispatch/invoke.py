@@ -23,6 +23,7 @@ from gateway.dispatch.recovery import Recovery
 from gateway.dispatch.retries import Reruns
 from gateway.executors.live_output import StreamName
 from gateway.models import ArtifactListing, InvocationRecord
+from gateway.tenants.quota import StorageQuota
 
 log = logging.getLogger("jobgate.dispatch")
 __all__ = ["Dispatcher", "InvocationRequest", "Outcome", "build_dispatcher"]
@@ -105,6 +106,11 @@ class Dispatcher:
         await self.recovery.loop(interval_s)
 
     @property
+    def quota(self) -> StorageQuota:
+        """Each tenant's stored bytes and their limit (``used``, ``limit``)."""
+        return self.lifecycle.parts.quota
+
+    @property
     def accepting(self) -> bool:
         return self.admission.accepting
 
@@ -146,7 +152,7 @@ def build_dispatcher(parts: Parts, deliverer: CallbackDeliverer, policy: Callbac
                      upload_tokens: UploadTokens) -> Dispatcher:
     """The dispatch jobs, wired; who stores outputs is chosen here, once."""
     live = LiveTable()
-    outputs = choose_outputs(parts.executor, parts.records, parts.settings, upload_tokens)
+    outputs = choose_outputs(parts, upload_tokens)
     reruns = Reruns(parts.executor, parts.records)
     lifecycle = Lifecycle(parts, outputs, reruns, deliverer, live)
     recovery = Recovery(parts, lifecycle, reruns, deliverer, live)

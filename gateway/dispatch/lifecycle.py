@@ -1,6 +1,7 @@
 """The run of one accepted invocation, top to bottom: claim a worker (warm, or queue for a
-cold one) -> send the assignment -> apply the report -> store outputs and the final record
--> release the worker -> answer (the waiting caller) -> callback."""
+cold one) -> send the assignment -> apply the report -> store outputs -> charge what it
+keeps (the tenant's quota) and store the final record -> release the worker -> answer
+(the waiting caller) -> callback."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from datetime import UTC, datetime
 
 from gateway.callbacks.delivery import CallbackDeliverer
+from gateway.dispatch.charges import settle
 from gateway.dispatch.live import LiveInvocation, LiveTable
 from gateway.dispatch.outputs import Outputs
 from gateway.dispatch.parts import Parts
@@ -216,8 +218,15 @@ class Lifecycle:
         total = time.monotonic() - live.accepted_at
         record.timings.total_ms = round(total * 1000, 3)
         await live.pending_writes.settle()
+
+        async def store_final() -> None:
+            kept = await settle(record, records, self.parts.quota,
+                                workers_upload=self.outputs.workers_upload,
+                                charged=live.charged)
+            await records.finish(record, stored_bytes=kept)
+
         try:
-            await with_storage_retries(record, lambda: records.finish(record),
+            await with_storage_retries(record, store_final,
                                        self.parts.settings.storage_retry_budget_s,
                                        until_stored=True)
         except Exception:  # the pending marker stays: recovery retries it

@@ -26,6 +26,9 @@ class LiveInvocation:
     worker: WorkerHandle | None = None
     cancel_requested: bool = False
     abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
+    # What its admission charged the tenant's stored-bytes quota (0: not known, as for a
+    # recovered one): its final usage entry is written only when it keeps more.
+    charged: int = 0
     # Its output while it runs, for followers (empty unless someone follows).
     output: LiveOutput = field(default_factory=LiveOutput)
     # Record writes not waited for (the 'running' state): settled before any write that

@@ -11,6 +11,7 @@ from gateway.membership.base import Membership
 from gateway.metrics.registry import Metrics
 from gateway.storage.records import InvocationStore
 from gateway.tenants.limits import LimitsTable
+from gateway.tenants.quota import StorageQuota
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,4 @@ class Parts:
     metrics: Metrics
     membership: Membership
     limits: LimitsTable
+    quota: StorageQuota

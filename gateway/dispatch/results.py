@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from gateway.dispatch.plan import describe
-from gateway.errors import StorageUnavailable
+from gateway.errors import StorageQuotaExceeded, StorageUnavailable
 from gateway.models import REASON_STATUS, Artifact, InvocationRecord, Reason, Status, WorkerReport
 
 log = logging.getLogger("jobgate.dispatch")
@@ -28,13 +28,14 @@ def apply_report(record: InvocationRecord, report: WorkerReport, *, timeout_s: f
     """``outputs_lost``: the worker could not upload its outputs and nothing took over."""
     reason = report.reason
     if report.artifact_error and reason is None:
-        reason = Reason.ArtifactLimit
+        reason = (Reason.StorageQuota if report.artifact_refusal == StorageQuotaExceeded.code
+                  else Reason.ArtifactLimit)
     if outputs_lost and reason is None:
         reason = Reason.StorageUnavailable
     record.reason = reason
     record.status = (Status.succeeded if reason is None
                      else REASON_STATUS.get(reason, Status.failed))
-    if reason == Reason.ArtifactLimit:
+    if reason in (Reason.ArtifactLimit, Reason.StorageQuota):
         record.message = report.artifact_error
     elif reason == Reason.StorageUnavailable:
         record.message = f"outputs could not be stored: {report.upload_error}"

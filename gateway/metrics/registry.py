@@ -47,5 +47,10 @@ class Metrics:
         self.storage_requests = Gauge(
             "jobgate_storage_requests", "Requests this replica made to the object store (S3) "
             "since it started, by operation, retries included", ["operation"], registry=r)
+        self.tenant_stored_bytes = Gauge(
+            "jobgate_tenant_stored_bytes", "Bytes a tenant keeps in storage (artifacts, "
+            "logs, results, requests), as this replica last listed them; tenants neither "
+            "configured nor holding an API key are summed as 'other'", ["tenant"],
+            registry=r)
         self.janitor_deleted = Counter(
             "jobgate_janitor_deleted_objects", "Objects deleted by the janitor", registry=r)

@@ -112,6 +112,8 @@ class WorkerReport(BaseModel):
     result_error: str | None = None
     artifacts: list[ReportedArtifact] = Field(default_factory=list)
     artifact_error: str | None = None
+    # The gateway's error code when it refused the artifacts' upload URLs.
+    artifact_refusal: str | None = Field(None, max_length=64)
     timings: dict[str, float] = Field(default_factory=dict)
     report_uploaded: bool = False
     upload_error: str | None = None

@@ -35,6 +35,9 @@ class Reason(StrEnum):
     InternalError = "InternalError"
     # The code failed with its workspace (and /tmp) full: the profile's workspace_mb.
     DiskLimit = "DiskLimit"
+    # Its outputs (artifacts, logs, result) would have taken the tenant past its stored
+    # bytes quota (max_stored_bytes): they were not stored.
+    StorageQuota = "StorageQuota"
     # Kubernetes executor: read from the worker pod's and Job's status.
     ImagePullFailed = "ImagePullFailed"
     OOMKilled = "OOMKilled"

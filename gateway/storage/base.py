@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from gateway.errors import ObjectNotFound
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -77,6 +79,19 @@ class ObjectStore(ABC):
                         limit: int = 1000) -> list[str]:
         """Keys under ``prefix`` in lexicographic order, after ``start_after``."""
 
+    async def list_objects(self, prefix: str, *, start_after: str | None = None,
+                           limit: int = 1000) -> list[ObjectInfo]:
+        """Keys under ``prefix`` with their sizes, in key order (what a store lists at once;
+        this default asks for each size)."""
+        keys = await self.list_keys(prefix, start_after=start_after, limit=limit)
+        found = []
+        for key in keys:
+            try:
+                found.append(await self.head(key))
+            except ObjectNotFound:
+                continue  # deleted since the listing
+        return found
+
     @abstractmethod
     async def list_children(self, prefix: str, *, start_after: str | None = None,
                             limit: int = 1000) -> list[str]:
@@ -102,7 +117,9 @@ class ObjectStore(ABC):
         return None
 
     async def presign_put(self, key: str, *, expires_s: int,
-                          content_type: str = "application/octet-stream") -> str | None:
+                          content_type: str = "application/octet-stream",
+                          content_length: int | None = None) -> str | None:
         """A URL a worker can PUT the object to without credentials, or None when the
-        store has no such URLs (local storage: the gateway stores outputs itself)."""
+        store has no such URLs (local storage: the gateway stores outputs itself). With
+        ``content_length``, the URL takes a body of exactly that many bytes."""
         return None

@@ -17,9 +17,10 @@ from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
 from gateway.paths import path_problem
 from gateway.storage.base import ObjectInfo, ObjectStore
 from gateway.storage.records import CALLBACKS, IDEMPOTENCY, PENDING
+from gateway.storage.usage import USAGE
 
 # Index roots whose children are tenants (gateway.storage.records' layout).
-PER_TENANT_INDEXES = frozenset({PENDING, CALLBACKS, IDEMPOTENCY})
+PER_TENANT_INDEXES = frozenset({PENDING, CALLBACKS, IDEMPOTENCY, USAGE})
 
 
 class LocalStore(ObjectStore):
@@ -168,6 +169,18 @@ class LocalStore(ObjectStore):
         if start_after:
             keys = [k for k in keys if k > start_after]
         return keys[:limit]
+
+    def _sizes(self, keys: list[str]) -> list[ObjectInfo]:
+        found = []
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                found.append(ObjectInfo(key, self._path(key).stat().st_size))
+        return found
+
+    async def list_objects(self, prefix: str, *, start_after: str | None = None,
+                           limit: int = 1000) -> list[ObjectInfo]:
+        keys = await self.list_keys(prefix, start_after=start_after, limit=limit)
+        return await asyncio.to_thread(self._sizes, keys)
 
     async def list_children(self, prefix: str, *, start_after: str | None = None,
                             limit: int = 1000) -> list[str]:

@@ -14,6 +14,7 @@ Beside it, small indexes, each an object per entry so any replica can read them:
     _callbacks/{tenant}/{id}         a callback not yet delivered (its owner, its secret)
     _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
     _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
+    _usage/{tenant}/{id}~{kind}~{epoch}~{bytes}  what it keeps (gateway.storage.usage)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway.errors import InvocationNotFound, ObjectNotFound
 from gateway.models import InvocationRecord, Status
 from gateway.storage.base import ObjectStore
 from gateway.storage.deferred import FLUSH_EVERY_S, DeferredDeletes
+from gateway.storage.usage import ADMITTED, STORED, UsageLedger, entry_key
 
 PENDING = "_pending"
 EXPIRY = "_expiry"
@@ -43,6 +45,7 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 # Output up to this size (stdout and stderr together, UTF-8) is kept inside the record.
 INLINE_OUTPUT_BYTES = 16 * 1024
+BINARY = "application/octet-stream"
 
 
 def _bucket(at: datetime) -> str:
@@ -78,6 +81,8 @@ class InvocationStore:
         self._list_concurrency = list_concurrency
         # A finished invocation's pending marker goes with others in one request.
         self._deferred = DeferredDeletes(store, delete_delay_s)
+        # The invocations' usage entries, summed per tenant (the stored-bytes quota).
+        self.usage = UsageLedger(store)
 
     async def flush(self) -> None:
         """The deletes waiting to share a request, done now."""
@@ -113,8 +118,10 @@ class InvocationStore:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def create(self, record: InvocationRecord, request_body: bytes,
-                     idempotency: tuple[str, str] | None = None) -> None:
-        """Persist a new invocation: after this returns it survives a gateway crash."""
+                     idempotency: tuple[str, str] | None = None, *,
+                     stored_bytes: int | None = None) -> None:
+        """Persist a new invocation: after this returns it survives a gateway crash.
+        ``stored_bytes``: its usage entry (what admission charged), written with it."""
         exp = record.expires_at
         t, i = record.tenant, record.id
         marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
@@ -129,6 +136,8 @@ class InvocationStore:
             items.append((idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
         items.append((marker, orjson.dumps({"keys": extra_keys}), JSON))
         items.append(self._record_item(record))
+        if stored_bytes is not None:
+            items.append((entry_key(t, i, ADMITTED, exp, stored_bytes), b"", BINARY))
         await self._store.put_many(items, expires_at=exp)
 
     def _record_item(self, record: InvocationRecord, *, with_logs: bool = False
@@ -143,23 +152,47 @@ class InvocationStore:
         key, body, ctype = self._record_item(record)
         await self._store.put(key, body, expires_at=record.expires_at, content_type=ctype)
 
-    async def finish(self, record: InvocationRecord) -> None:
-        """Store the outputs and the final record, then drop the pending marker. Small
-        output goes inside the record (one object to write and to read, not three);
-        larger output in objects of its own, which the record then leaves out."""
+    def _final_items(self, record: InvocationRecord) -> list[tuple[str, bytes, str]]:
+        """The objects ``finish`` writes. Small output goes inside the record (one object
+        to write and to read, not three); larger output in objects of its own, which the
+        record then leaves out."""
         t, i = record.tenant, record.id
         out, err = (record.stdout or "").encode(), (record.stderr or "").encode()
         if len(out) + len(err) <= INLINE_OUTPUT_BYTES:
-            items = [self._record_item(record.model_copy(
+            return [self._record_item(record.model_copy(
                 update={"stdout": record.stdout or "", "stderr": record.stderr or ""}),
                 with_logs=True)]
-        else:
-            items = [(self.key(t, i, "stdout"), out, TEXT),
-                     (self.key(t, i, "stderr"), err, TEXT), self._record_item(record)]
+        return [(self.key(t, i, "stdout"), out, TEXT),
+                (self.key(t, i, "stderr"), err, TEXT), self._record_item(record)]
+
+    def final_sizes(self, record: InvocationRecord) -> dict[str, int]:
+        """What ``finish`` would write now: name (under the invocation's prefix) -> bytes."""
+        start = len(self.prefix(record.tenant, record.id))
+        return {key[start:]: len(data) for key, data, _ in self._final_items(record)}
+
+    async def finish(self, record: InvocationRecord, *, stored_bytes: int | None = None
+                     ) -> None:
+        """Store the outputs and the final record, then drop the pending marker.
+        ``stored_bytes``: everything the invocation keeps, its final usage entry."""
+        t, i = record.tenant, record.id
+        items = self._final_items(record)
+        if stored_bytes is not None:
+            items.append((entry_key(t, i, STORED, record.expires_at, stored_bytes), b"",
+                          BINARY))
         await self._store.put_many(items, expires_at=record.expires_at)
         # The marker may wait for others (one DeleteObjects for many on S3): if a crash
         # keeps it, recovery finds the invocation finished and drops it then.
         self._deferred.add(self._entry(PENDING, t, i))
+
+    async def kept(self, record: InvocationRecord) -> dict[str, int]:
+        """What the invocation keeps in storage now: name (under its prefix) -> bytes."""
+        prefix = self.prefix(record.tenant, record.id)
+        objects = await self._store.list_objects(prefix, limit=100_000)
+        return {o.key[len(prefix):]: o.size for o in objects}
+
+    async def drop_artifacts(self, record: InvocationRecord, names: list[str]) -> None:
+        await self._store.delete_keys([self.artifact_key(record.tenant, record.id, name)
+                                       for name in names])
 
     # -- reads --------------------------------------------------------------------------
 
@@ -310,9 +343,10 @@ class InvocationStore:
                                    expires_at=record.expires_at, sha256=sha256)
 
     async def presign_artifact_put(self, tenant: str, invocation_id: str, name: str, *,
-                                   expires_s: int) -> str | None:
+                                   expires_s: int, size: int) -> str | None:
+        """A URL for exactly ``size`` bytes (what the quota and the limits let through)."""
         return await self._store.presign_put(self.artifact_key(tenant, invocation_id, name),
-                                             expires_s=expires_s)
+                                             expires_s=expires_s, content_length=size)
 
     async def presign_report_put(self, record: InvocationRecord, *, expires_s: int
                                  ) -> str | None:

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from gateway.errors import StorageUnavailable
+from gateway.storage.base import ObjectInfo
 from gateway.storage.s3.connection import RETRY_AFTER_S, S3Connection
 
 # S3 limits: DeleteObjects takes at most 1000 keys, a listing page holds at most 1000.
@@ -23,21 +24,29 @@ def _next_page(params: dict[str, Any], page: dict[str, Any]) -> bool:
     return True
 
 
-async def list_keys(s3: S3Connection, prefix: str, *, start_after: str | None,
-                    limit: int) -> list[str]:
-    keys: list[str] = []
+async def list_objects(s3: S3Connection, prefix: str, *, start_after: str | None,
+                       limit: int) -> list[ObjectInfo]:
+    """Keys and sizes under ``prefix``, page by page (a listing names each size)."""
+    found: list[ObjectInfo] = []
     params: dict[str, Any] = {"Bucket": s3.bucket, "Prefix": s3.full_prefix(prefix)}
     if start_after:
         params["StartAfter"] = s3.full_prefix(start_after)
     # Bounded: each page brings at least one key or ends the listing.
-    while len(keys) < limit:
+    while len(found) < limit:
         with s3.errors():
             r = await s3.client.list_objects_v2(
-                **params, MaxKeys=min(BATCH, limit - len(keys)))
-        keys.extend(s3.relative(o["Key"]) for o in r.get("Contents", []))
+                **params, MaxKeys=min(BATCH, limit - len(found)))
+        found.extend(ObjectInfo(s3.relative(o["Key"]), int(o.get("Size", 0)))
+                     for o in r.get("Contents", []))
         if not _next_page(params, r):
             break
-    return keys[:limit]
+    return found[:limit]
+
+
+async def list_keys(s3: S3Connection, prefix: str, *, start_after: str | None,
+                    limit: int) -> list[str]:
+    return [o.key for o in await list_objects(s3, prefix, start_after=start_after,
+                                              limit=limit)]
 
 
 async def list_children(s3: S3Connection, prefix: str, *, start_after: str | None,

@@ -122,6 +122,11 @@ class S3Store(ObjectStore):
         return await listing.list_keys(self._s3, prefix, start_after=start_after,
                                        limit=limit)
 
+    async def list_objects(self, prefix: str, *, start_after: str | None = None,
+                           limit: int = 1000) -> list[ObjectInfo]:
+        return await listing.list_objects(self._s3, prefix, start_after=start_after,
+                                          limit=limit)
+
     async def list_children(self, prefix: str, *, start_after: str | None = None,
                             limit: int = 1000) -> list[str]:
         return await listing.list_children(self._s3, prefix, start_after=start_after,
@@ -148,12 +153,15 @@ class S3Store(ObjectStore):
                 "get_object", Params=params, ExpiresIn=_ttl(expires_s)))
 
     async def presign_put(self, key: str, *, expires_s: int,
-                          content_type: str = "application/octet-stream") -> str | None:
-        """The Content-Type is signed: the PUT must send exactly ``content_type``."""
+                          content_type: str = "application/octet-stream",
+                          content_length: int | None = None) -> str | None:
+        """The Content-Type is signed: the PUT must send exactly ``content_type``; so is a
+        given ``content_length`` (the store refuses a body of any other size)."""
         s3 = self._s3
+        params: dict[str, Any] = {"Bucket": s3.bucket, "Key": s3.full(key),
+                                  "ContentType": content_type}
+        if content_length is not None:
+            params["ContentLength"] = content_length
         with s3.errors():
             return cast(str, await s3.client.generate_presigned_url(
-                "put_object",
-                Params={"Bucket": s3.bucket, "Key": s3.full(key),
-                        "ContentType": content_type},
-                ExpiresIn=_ttl(expires_s)))
+                "put_object", Params=params, ExpiresIn=_ttl(expires_s)))

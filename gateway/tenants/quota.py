@@ -1,0 +1,153 @@
+"""The stored-bytes quota of each tenant (``max_stored_bytes``), held across replicas.
+
+The truth is the usage ledger in the shared store (``gateway.storage.usage``: an entry per
+invocation, written before the bytes it stands for, counted until the invocation's TTL).
+Each replica keeps, per tenant, the total its last listing found plus what it charged
+itself since that listing began; a listing every ``refresh_s`` (for the tenants in use)
+brings in what the other replicas stored and what expired. So:
+
+- on one replica the quota is exact: a check and its charge happen with no await between
+  them, so concurrent calls cannot both take the last bytes;
+- with N replicas, a tenant can go past its quota by what the other N-1 store for it
+  between two listings (at most ``2 * refresh_s`` apart), never by more than N-1 times its
+  free room at the last listing;
+- bytes come back at the invocation's TTL, seen by each replica at its next listing.
+
+Nothing needs compare-and-swap (SeaweedFS has conditional PUTs, not every S3-compatible
+store does), and a crash loses nothing: the ledger is in the store, and a restarted
+replica lists it again. Per-replica counters were the other design: cheaper to read (one
+object per replica), but a counter's unflushed deltas die with a crash, and two replicas'
+janitors deleting the same invocation would both release it; a periodic reconciliation
+from the records would then fight the counters it corrects. The ledger's price is one
+listing request per 1,000 kept invocations of a tenant per refresh, for tenants in use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from prometheus_client import Gauge
+
+from gateway.errors import StorageQuotaExceeded, StorageUnavailable
+from gateway.storage.usage import RESERVED, UsageLedger
+from gateway.supervise import every, forever
+from gateway.tenants.limits import LimitsTable
+
+log = logging.getLogger("jobgate.quota")
+# A tenant asked about within this long is in use: its total is listed every refresh.
+ACTIVE_S = 60.0
+# A named tenant not in use is listed this often (its gauge stays true).
+IDLE_REFRESH_S = 60.0
+# A tenant of no name (neither configured nor an API key's) not asked about for this
+# long is forgotten: their number is not bounded.
+FORGET_S = 600.0
+OTHER = "other"
+
+
+@dataclass
+class _View:
+    """One tenant's total as this replica knows it."""
+
+    base: int | None = None  # what the last listing found (None: never listed)
+    listed_at: float = 0.0  # when that listing began (monotonic)
+    read_at: float = 0.0
+    # What this replica charged since: (when, bytes). Charges made while a listing runs
+    # are kept after it (it may have missed them): counted twice at worst, until the next.
+    added: list[tuple[float, int]] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def total(self) -> int:
+        return (self.base or 0) + sum(n for _, n in self.added)
+
+
+class StorageQuota:
+    def __init__(self, ledger: UsageLedger, limits: LimitsTable, gauge: Gauge, *,
+                 refresh_s: float, named: Iterable[str]):
+        self.ledger = ledger
+        self.limits = limits
+        self.gauge = gauge
+        self.refresh_s = refresh_s
+        # Tenants the gauge names (configured or with API keys): a bounded set.
+        self.named = frozenset(named) | frozenset(limits.configured)
+        self._views: dict[str, _View] = {}
+
+    def limit(self, tenant: str) -> int | None:
+        """The tenant's ``max_stored_bytes`` (None: no bound)."""
+        return self.limits.of(tenant).max_stored_bytes
+
+    async def used(self, tenant: str) -> int:
+        """The tenant's stored bytes as this replica knows them (see the module's
+        docstring for how exact): listed now if the last listing is too old."""
+        view = self._views.setdefault(tenant, _View())
+        view.read_at = time.monotonic()
+        if view.base is None or time.monotonic() - view.listed_at > 2 * self.refresh_s:
+            try:
+                await self._refresh(tenant, view)
+            except StorageUnavailable:
+                if view.base is None:
+                    raise
+                log.warning("quota: listing %s failed; using its total of %.0fs ago",
+                            tenant, time.monotonic() - view.listed_at)
+        return view.total
+
+    async def reserve(self, tenant: str, nbytes: int) -> None:
+        """Count ``nbytes`` more for the tenant, or raise StorageQuotaExceeded if they do
+        not fit (nothing counted). The caller then stores them, usage entry first."""
+        used = await self.used(tenant)
+        limit = self.limit(tenant)
+        if limit is not None and used + nbytes > limit:
+            raise StorageQuotaExceeded(
+                f"tenant {tenant!r} stores {used} bytes of its {limit}: {nbytes} more do "
+                "not fit; stored bytes come back as invocations reach their TTL",
+                {"used_bytes": used, "limit_bytes": limit, "requested_bytes": nbytes})
+        self._views[tenant].added.append((time.monotonic(), nbytes))
+
+    async def reserve_artifacts(self, tenant: str, invocation_id: str,
+                                expires_at: datetime, nbytes: int) -> None:
+        """Room for artifacts about to be stored, counted and written to the ledger."""
+        await self.reserve(tenant, nbytes)
+        await self.ledger.record(tenant, invocation_id, RESERVED, expires_at, nbytes)
+
+    async def _refresh(self, tenant: str, view: _View) -> None:
+        asked = time.monotonic()
+        async with view.lock:
+            if view.base is not None and view.listed_at >= asked:
+                return  # another call listed it while this one waited
+            started = time.monotonic()
+            total = await self.ledger.total(tenant, datetime.now(UTC))
+            view.base, view.listed_at = total, started
+            view.added = [(at, n) for at, n in view.added if at >= started]
+
+    # -- the background listing -----------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """One round: list the tenants in use (and named ones not listed for a while),
+        forget unnamed idle ones, set the gauge."""
+        now = time.monotonic()
+        for tenant in self.named:
+            self._views.setdefault(tenant, _View())
+        for tenant, view in list(self._views.items()):
+            active = now - view.read_at < ACTIVE_S
+            if tenant not in self.named and not active and now - view.read_at > FORGET_S:
+                del self._views[tenant]
+            elif active or view.base is None or now - view.listed_at > IDLE_REFRESH_S:
+                await self._refresh(tenant, view)
+        self._set_gauge()
+
+    def _set_gauge(self) -> None:
+        per_label: dict[str, int] = dict.fromkeys(self.named, 0)
+        per_label[OTHER] = 0
+        for tenant, view in self._views.items():
+            label = tenant if tenant in self.named else OTHER
+            per_label[label] += view.total
+        for label, value in per_label.items():
+            self.gauge.labels(label).set(value)
+
+    async def loop(self) -> None:
+        """Never dies: a failed round is logged and the next comes on schedule."""
+        await forever("stored-bytes listing", self.refresh, every(self.refresh_s), log)
