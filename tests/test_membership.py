@@ -36,6 +36,7 @@ from gateway.models import (
 )
 from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
+from gateway.tenants.directory import TenantDirectory
 from gateway.tenants.limits import LimitsTable
 from tests.fakes import FakeExecutor, FakeMembership
 
@@ -108,7 +109,7 @@ def make_service(records: InvocationStore, executor: Executor, membership: Membe
     policy = CallbackPolicy([])
     deliverer = CallbackDeliverer(config, records, metrics, policy, ["s" * 32])
     parts = Parts(config, load_profiles(None), executor, records, metrics, membership,
-                  LimitsTable())
+                  LimitsTable(), TenantDirectory([TENANT]))
     return build_dispatcher(parts, deliverer, policy, UploadTokens("s" * 32))
 
 

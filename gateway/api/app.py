@@ -42,6 +42,7 @@ from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
 from gateway.storage.janitor import Janitor
 from gateway.storage.records import InvocationStore
+from gateway.tenants.directory import TenantDirectory
 from gateway.tenants.limits import LimitsTable
 
 log = logging.getLogger("jobgate")
@@ -113,7 +114,8 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
             raise StartupError(f"JOBGATE_CALLBACK_SECRET or JOBGATE_CALLBACK_PREVIOUS_SECRETS:"
                                f" {e}") from None
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secrets)
-    parts = Parts(settings, profiles, executor, records, metrics, membership, limits)
+    tenants = TenantDirectory([*limits.configured, *keys.tenants])
+    parts = Parts(settings, profiles, executor, records, metrics, membership, limits, tenants)
     service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
     return Gateway(settings, profiles, Authenticator(keys), metrics, store, records,

@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     # Per-tenant limits (gateway/tenants/limits.py): inline JSON, or a TOML/JSON file.
     tenant_limits: str | None = None
     tenant_limits_file: Path | None = None
+    # Tenants that may read every tenant's usage (GET /v1/admin/usage, jobgate usage --all).
+    operator_tenants: Csv = Field(default_factory=list)
 
     # -- limits on what a client controls -----------------------------------------------
     max_request_bytes: int = Field(8 * MiB, gt=0)

@@ -20,7 +20,8 @@ from gateway.dispatch.outputs import Outputs, choose_outputs
 from gateway.dispatch.parts import Parts
 from gateway.dispatch.recovery import Recovery
 from gateway.dispatch.retries import Reruns
-from gateway.models import ArtifactListing, InvocationRecord
+from gateway.dispatch.usage import by_label, every_usage, usage_of
+from gateway.models import ArtifactListing, InvocationRecord, PoolState, Usage
 
 log = logging.getLogger("jobgate.dispatch")
 __all__ = ["Dispatcher", "InvocationRequest", "Outcome", "build_dispatcher"]
@@ -86,6 +87,22 @@ class Dispatcher:
                                 listing: ArtifactListing) -> dict[str, str]:
         """Upload URLs for a worker's artifacts (its upload token, not an API key)."""
         return await self.outputs.presign_artifacts(token, invocation_id, listing, self.get)
+
+    def usage(self, tenant: str) -> Usage:
+        return usage_of(self.lifecycle.parts, tenant)
+
+    def every_usage(self) -> list[Usage]:
+        return every_usage(self.lifecycle.parts)
+
+    def usage_by_label(self) -> dict[str, tuple[int, int]]:
+        return by_label(self.lifecycle.parts)
+
+    def pools(self) -> list[PoolState]:
+        """The executor's pools; their ``queued`` counts the calls waiting for their turn
+        in the fair share too (they wait here, not in the executor)."""
+        share = self.lifecycle.parts.share
+        return [pool.model_copy(update={"queued": pool.queued + share.waiting(pool.profile)})
+                for pool in self.lifecycle.parts.executor.pools()]
 
     async def recover(self, *, at_start: bool = False) -> int:
         return await self.recovery.recover(at_start=at_start)

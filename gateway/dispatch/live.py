@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from gateway.dispatch.fair_share import Turn
 from gateway.dispatch.plan import Plan
 from gateway.executors.base import WorkerHandle
 from gateway.models import InvocationCreate, InvocationRecord
@@ -25,6 +26,8 @@ class LiveInvocation:
     worker: WorkerHandle | None = None
     cancel_requested: bool = False
     abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
+    # Its place in the profile's fair share (None: adopted by recovery, never queued here).
+    turn: Turn | None = None
     # Record writes not waited for (the 'running' state): settled before any write that
     # must land after them.
     pending_writes: TaskSet = field(init=False)
