@@ -103,8 +103,12 @@ class _ProfileQueue:
         return max(1, math.ceil(self.hold_s.value))
 
     def free_for(self, tenant: _Tenant) -> bool:
-        """A call of the tenant would hold a slot at once (nobody waits, one is free)."""
-        return not self.waiting and self.running < self.capacity and not tenant.at_max
+        """A call of the tenant would hold a slot at once: one is free, and nobody who
+        may take it waits (calls of tenants at their max_running may not)."""
+        if self.running >= self.capacity or tenant.at_max:
+            return False
+        return not self.waiting or all(queue[0].tenant.at_max
+                                       for queue in self._queues.values())
 
     def enter(self, tenant: _Tenant) -> Turn:
         turn = Turn(self, tenant)
@@ -120,6 +124,8 @@ class _ProfileQueue:
         queue.append(turn)
         self.waiting += 1
         tenant.queued += 1
+        if self.running < self.capacity:
+            self.serve()  # a slot is free, and those waiting may not take it: maybe this
         return turn
 
     def leave(self, turn: Turn) -> None:
