@@ -101,3 +101,13 @@ def test_a_full_profile_queue_is_refused_with_retry_after() -> None:
             fair.check_room(P)
         assert refused.value.retry_after is not None and refused.value.retry_after >= 1
     run(main)
+
+
+def test_a_frozen_share_starts_nothing_more() -> None:
+    async def main() -> None:
+        fair = share(1)
+        holder, waiter = fair.enter(P, "a"), fair.enter(P, "b")
+        fair.freeze()  # shutdown: what waits stays pending for the next start
+        holder.close()
+        assert not waiter.holding and not fair.enter(P, "c").holding
+    run(main)

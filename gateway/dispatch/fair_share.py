@@ -105,7 +105,7 @@ class _ProfileQueue:
     def free_for(self, tenant: _Tenant) -> bool:
         """A call of the tenant would hold a slot at once: one is free, and nobody who
         may take it waits (calls of tenants at their max_running may not)."""
-        if self.running >= self.capacity or tenant.at_max:
+        if self.running >= self.capacity or tenant.at_max or self.share.frozen:
             return False
         return not self.waiting or all(queue[0].tenant.at_max
                                        for queue in self._queues.values())
@@ -151,7 +151,7 @@ class _ProfileQueue:
 
     def serve(self) -> None:
         """Give free slots to the waiting tenants, least pass first."""
-        while self.running < self.capacity and self._queues:
+        while self.running < self.capacity and self._queues and not self.share.frozen:
             eligible = [name for name, queue in self._queues.items()
                         if not queue[0].tenant.at_max]
             if not eligible:
@@ -191,6 +191,12 @@ class FairShare:
         self.queue_size = queue_size
         self._profiles: dict[str, _ProfileQueue] = {}
         self._tenants: dict[str, _Tenant] = {}
+        # Shutdown: the calls still waiting are left pending for the next start, so no
+        # slot a stopping call frees may start another.
+        self.frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
 
     def _tenant(self, name: str) -> _Tenant:
         tenant = self._tenants.get(name)

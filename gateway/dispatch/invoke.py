@@ -130,6 +130,7 @@ class Dispatcher:
         if pending:
             log.info("draining %d in-flight invocation(s), up to %.0fs", len(pending), grace_s)
             await asyncio.wait(pending, timeout=grace_s)
+        self.lifecycle.parts.share.freeze()
         for live in self.live.all():
             if live.task is not None and live.worker is None:
                 # Still queued: leave it pending in storage; the next start runs it.
