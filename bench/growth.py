@@ -91,6 +91,7 @@ async def _seed(store: ObjectStore, count: int, *, expired: bool) -> None:
             await records.finish(record)
 
     await asyncio.gather(*(one(i) for i in range(count)))
+    await records.close()  # the pending markers' deletes, done
 
 
 async def _left(store: ObjectStore) -> int:

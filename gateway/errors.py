@@ -121,6 +121,11 @@ class RateLimited(JobgateError):
     code = "RateLimited"
 
 
+class TooManyFollowers(JobgateError):
+    status = 429
+    code = "TooManyFollowers"
+
+
 class ShuttingDown(JobgateError):
     status = 503
     code = "ShuttingDown"

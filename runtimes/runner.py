@@ -6,6 +6,11 @@ its workspace and its listening socket, then waits for one assignment over HTTP:
     GET  /healthz   -> 200 "ok"                         (readiness; any number of times)
     POST /v1/run    -> 200 WorkerReport (JSON)          (exactly once; bearer token)
 
+While the code runs, the gateway may send ``W`` (one byte, "watch") on the same
+connection: from then on the runner streams the output as it grows (see OutputStreamer),
+and the answer is a sequence of frames ending with the report instead of one JSON body.
+Nobody watching, nothing changes: the answer is the one JSON body, as before.
+
 Two ways to start it:
 
 * ``runner.py serve`` - one worker, listening on ``$JOBGATE_RUNNER_BIND`` (default
@@ -49,6 +54,15 @@ RUN_PATH = "/v1/run"
 HEALTH_PATH = "/healthz"
 MAX_ASSIGNMENT_BYTES = 64 * 1024 * 1024
 HEADER_LIMIT = 64 * 1024
+# Live output (a watched run): the byte that asks for it, how often the output files are
+# looked at while someone watches, the most one frame carries, and how long one frame
+# may take to send before streaming stops (a gateway that stopped reading must not hold
+# the supervision loop, which enforces the timeout).
+WATCH = b"W"
+STREAM_TICK_S = 0.1
+STREAM_FRAME_BYTES = 64 * 1024
+STREAM_SEND_TIMEOUT_S = 5.0
+FRAMES_TYPE = "application/x-jobgate-frames"
 # Exit status the in-process Python child uses to say "MemoryError": distinct from any
 # status a normal program picks by accident, and below 128 so it is not read as a signal.
 MEMORY_ERROR_EXIT = 117
@@ -538,7 +552,8 @@ class Run:
 
     # -- supervision ---------------------------------------------------------------------
 
-    def execute(self, wakeup_fd: int) -> dict[str, Any]:
+    def execute(self, wakeup_fd: int, streamer: OutputStreamer | None = None
+                ) -> dict[str, Any]:
         t_assigned = _now_ms()
         self.write_files()
         has_stdin = self.a.get("stdin") is not None
@@ -550,7 +565,7 @@ class Run:
                         inprocess=bool(self.a.get("inprocess")), stdin=has_stdin)
         t_start = _now_ms()
         self.launcher.start(spec, self.io)
-        status, timed_out = self._wait(wakeup_fd)
+        status, timed_out = self._wait(wakeup_fd, streamer)
         t_end = _now_ms()
         report = self._collect(status, timed_out)
         report["timings"] = {
@@ -559,13 +574,18 @@ class Run:
         }
         return report
 
-    def _wait(self, wakeup_fd: int) -> tuple[int, bool]:
-        """Wait for the code, its timeout, or a cancel (SIGTERM via the wakeup fd)."""
+    def _wait(self, wakeup_fd: int, streamer: OutputStreamer | None = None
+              ) -> tuple[int, bool]:
+        """Wait for the code, its timeout, or a cancel (SIGTERM via the wakeup fd); with a
+        ``streamer``, also for the gateway asking to watch, and stream while it does."""
         deadline = time.monotonic() + self.timeout_s
         done_fd = self.launcher.done_fd()
         poller = select.poll()
         poller.register(done_fd, select.POLLIN)
         poller.register(wakeup_fd, select.POLLIN)
+        control = streamer.control_fd() if streamer is not None else None
+        if control is not None:
+            poller.register(control, select.POLLIN)
         timed_out = False
         try:
             while True:
@@ -573,7 +593,10 @@ class Run:
                 if remaining <= 0:
                     timed_out = True
                     break
-                events = poller.poll(remaining * 1000.0)
+                wait_s = remaining
+                if streamer is not None and streamer.active:
+                    wait_s = min(remaining, STREAM_TICK_S)
+                events = poller.poll(wait_s * 1000.0)
                 if any(fd == done_fd for fd, _ in events):
                     break
                 if any(fd == wakeup_fd for fd, _ in events):
@@ -582,6 +605,12 @@ class Run:
                     if _TERMINATING:
                         self.cancelled = True
                         break
+                if streamer is not None:
+                    if control is not None and any(fd == control for fd, _ in events) \
+                            and not streamer.read_control():
+                        poller.unregister(control)  # the gateway hung up: stop asking
+                        control = None
+                    streamer.pump()
         finally:
             killed = timed_out or self.cancelled
             if killed:
@@ -990,7 +1019,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     _TERMINATING = True
 
 
-def _recv_request(conn: socket.socket) -> tuple[str, str, dict[str, str], bytes]:
+def _recv_request(conn: socket.socket) -> tuple[str, str, dict[str, str], bytes, bytes]:
+    """The request, and what came after its body (the gateway's watch byte, sent early)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = conn.recv(65536)
@@ -1014,7 +1044,7 @@ def _recv_request(conn: socket.socket) -> tuple[str, str, dict[str, str], bytes]
         if not chunk:
             raise ConnectionError("client closed")
         body += chunk
-    return method, path, headers, body
+    return method, path, headers, body[:length], body[length:]
 
 
 def _send(conn: socket.socket, status: int, body: bytes,
@@ -1027,6 +1057,103 @@ def _send(conn: socket.socket, status: int, body: bytes,
     ).encode()
     with contextlib.suppress(OSError):
         conn.sendall(head + body)
+
+
+class OutputStreamer:
+    """The output of a watched run, sent to the gateway as it grows, on the connection
+    the assignment came on. Nothing happens until the gateway sends WATCH; then the
+    answer becomes frames (FRAMES_TYPE):
+
+        out <stdout|stderr> <offset> <length>\n<bytes>   (as many as the output needs)
+        report <length>\n<report JSON>                   (last)
+
+    At most ``cap`` bytes of each stream are ever sent: what the report would hold."""
+
+    def __init__(self, conn: socket.socket, outdir: str, cap: int, watched: bool) -> None:
+        self.conn = conn
+        self.outdir = outdir
+        self.cap = cap
+        self.active = False
+        self.head_sent = False
+        self.broken = False
+        self._fds: dict[str, int] = {}
+        self._sent = {"stdout": 0, "stderr": 0}
+        if watched:
+            self._start()
+
+    def control_fd(self) -> int | None:
+        return None if self.active else self.conn.fileno()
+
+    def read_control(self) -> bool:
+        """What the gateway sent while the code runs; False once it hung up."""
+        try:
+            data = self.conn.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if WATCH in data:
+            self._start()
+        return bool(data)
+
+    def _start(self) -> None:
+        if self.active or self.broken:
+            return
+        try:
+            for name in ("stdout", "stderr"):
+                self._fds[name] = os.open(os.path.join(self.outdir, name), _FILE_FLAGS)
+        except OSError:
+            self.close()  # no live output; the run and its report are not affected
+            return
+        self.active = True
+
+    def pump(self) -> None:
+        """Send what the code wrote since the last look (up to the cap)."""
+        if not self.active:
+            return
+        for name, fd in self._fds.items():
+            limit = min(os.fstat(fd).st_size, self.cap)
+            while self._sent[name] < limit and self.active:
+                data = os.pread(fd, min(STREAM_FRAME_BYTES, limit - self._sent[name]),
+                                self._sent[name])
+                if not data:
+                    break
+                self._frame(b"out %s %d %d\n" % (name.encode(), self._sent[name], len(data))
+                            + data)
+                self._sent[name] += len(data)
+
+    def answer(self, body: bytes) -> bool:
+        """Send the report as the last frame; False when the stream never began (the
+        report is then answered as one JSON body)."""
+        self.close()
+        if not self.head_sent:
+            return False
+        if not self.broken:
+            self._frame(b"report %d\n" % len(body) + body)
+        return True
+
+    def close(self) -> None:
+        self.active = False
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _frame(self, data: bytes) -> None:
+        if not self.head_sent:
+            data = (f"HTTP/1.1 200 OK\r\nContent-Type: {FRAMES_TYPE}\r\n"
+                    f"Connection: close\r\n\r\n").encode() + data
+            self.head_sent = True
+        try:
+            self.conn.settimeout(STREAM_SEND_TIMEOUT_S)
+            self.conn.sendall(data)
+        except OSError:
+            # The frames can no longer be trusted to arrive whole: no more of them (the
+            # gateway sees the connection end; with S3 the report is stored all the same).
+            self.broken = True
+            self.close()
+        finally:
+            with contextlib.suppress(OSError):
+                self.conn.settimeout(None)
 
 
 class RunnerServer:
@@ -1128,7 +1255,7 @@ class RunnerServer:
         conn.settimeout(30)
         with conn:
             try:
-                method, path, headers, body = _recv_request(conn)
+                method, path, headers, body, early = _recv_request(conn)
             except (OSError, ValueError, ConnectionError):
                 return False
             if method == "GET" and path == HEALTH_PATH:
@@ -1146,6 +1273,7 @@ class RunnerServer:
             # storage its report outlives them.
             _die_with_parent(0)
             assignment: Any = None
+            streamer: OutputStreamer | None = None
             try:
                 assignment = json.loads(body)
                 check_assignment(assignment)
@@ -1155,7 +1283,8 @@ class RunnerServer:
                 run = Run(assignment, self.workspace, self.code_workspace, self.outdir,
                           self.io, self.launcher, self.uid)
                 conn.settimeout(None)
-                report = run.execute(self.wake_r)
+                streamer = OutputStreamer(conn, self.outdir, run.output_cap, WATCH in early)
+                report = run.execute(self.wake_r, streamer)
                 if assignment.get("uploads"):
                     upload_outputs(report, assignment["uploads"])
                 status = 200
@@ -1167,7 +1296,9 @@ class RunnerServer:
                 report = new_report(invocation_id, self.code_workspace, self.base,
                                     reason="StartFailed", error=error)
                 status = 200
-            _send(conn, status, json.dumps(report).encode())
+            answer = json.dumps(report).encode()
+            if streamer is None or not streamer.answer(answer):
+                _send(conn, status, answer)
         # After the answer: the sandbox's teardown (its init's exit, the cgroup) is not the
         # caller's wait. The gateway lets this process finish it before ending it.
         self._close_launcher()

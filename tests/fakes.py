@@ -23,6 +23,7 @@ from gateway.api.state import Gateway, gateway_of
 from gateway.config.profiles import Profile
 from gateway.config.settings import Settings
 from gateway.executors.base import Executor, WorkerHandle
+from gateway.executors.live_output import LiveOutput
 from gateway.kube.base import Conflict, Missing, WatchEvent
 from gateway.kube.objects import Obj
 from gateway.membership.base import Membership
@@ -71,7 +72,8 @@ class FakeExecutor(Executor):
                             address="http://fake.invalid", token="t",
                             ready_at=time.monotonic(), start_latency_s=0.0, warm=True)
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         self.runs.append(assignment)
         return report()
 

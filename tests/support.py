@@ -222,12 +222,3 @@ def ancestors(pid: int) -> list[int]:
         chain.append(pid)
     return chain
 
-
-def streams_logs(gateway: GatewayProcess) -> bool:
-    """Whether this gateway serves live logs (GET …/logs?follow=true as server-sent
-    events), probed with an invocation of its own."""
-    with gateway.client() as c:
-        probe = invoke(c, profile="bash", code="true", mode="async").json()["id"]
-        with c.stream("GET", f"/v1/invocations/{probe}/logs",
-                      params={"follow": "true"}) as answer:
-            return answer.headers.get("content-type", "").startswith("text/event-stream")

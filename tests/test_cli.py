@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support import KEY_A, KEY_B, ROOT, GatewayProcess, running_gateway
@@ -135,19 +136,41 @@ def test_artifacts_listing_and_a_refused_key(gateway: GatewayProcess, tmp_path: 
     assert "Traceback" not in p.stderr
 
 
-def test_logs_follow_needs_the_live_log_stream(gateway: GatewayProcess,
-                                               tmp_path: Path) -> None:
-    """`jobgate logs -f` per the live-logs contract (GET …/logs?follow=true as SSE); until
-    the gateway streams, it says so in one line. The end-to-end run is the lead's, with
-    the live-logs branch merged."""
+def _first_line_then_rest(gateway: GatewayProcess, *args: str) -> tuple[int, str, str, float]:
+    """Runs the CLI: its first stdout line, when it came before the end (seconds), and the
+    exit code, the rest of stdout, all of stderr."""
+    env = {**os.environ, "JOBGATE_URL": gateway.url, "JOBGATE_API_KEY": KEY_A}
+    started = time.monotonic()
+    with subprocess.Popen([sys.executable, "-m", "gateway.cli.main", *args], env=env,
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as p:
+        assert p.stdout is not None
+        assert p.stdout.readline() == "first\n"
+        first_at = time.monotonic() - started
+        out, err = p.communicate(timeout=60)
+        ended_at = time.monotonic() - started
+    return p.returncode, out, err, ended_at - first_at
+
+
+def test_invoke_prints_the_output_as_it_comes(gateway: GatewayProcess,
+                                              tmp_path: Path) -> None:
+    script = tmp_path / "slow.sh"
+    script.write_text("echo first; sleep 2; echo second; echo oops >&2; exit 5")
+    code, out, err, before_end = _first_line_then_rest(gateway, "invoke", str(script))
+    assert (code, out, err) == (5, "second\n", "oops\n")
+    assert before_end >= 1.0  # the first line came before the code ended
+
+
+def test_logs_follow_prints_the_output_as_it_comes(gateway: GatewayProcess,
+                                                   tmp_path: Path) -> None:
+    """`jobgate logs -f`: each line as the code writes it (GET …/logs?follow=true), the
+    first long before the code ends; the exit status is the code's."""
     script = tmp_path / "f.sh"
-    script.write_text("echo streamed")
+    script.write_text("echo first; sleep 2; echo second >&2; exit 3")
     inv_id = jobgate(gateway, "invoke", str(script), "--async").stdout.strip()
-    p = jobgate(gateway, "logs", "-f", inv_id)
-    if p.returncode == 2:
-        assert "does not stream logs" in p.stderr and "Traceback" not in p.stderr
-    else:
-        assert (p.returncode, p.stdout) == (0, "streamed\n"), p.stderr
+    code, out, err, before_end = _first_line_then_rest(gateway, "logs", "-f", inv_id)
+    assert (code, out, err) == (3, "", "second\n")
+    assert before_end >= 1.0  # the first line came before the code ended
 
 
 def test_usage_prints_this_tenant_and_every_tenant_for_an_operator(tmp_path: Path) -> None:

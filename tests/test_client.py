@@ -47,7 +47,6 @@ from tests.support import (
     GatewayProcess,
     free_port,
     running_gateway,
-    streams_logs,
 )
 
 PY = "python3.11"
@@ -454,9 +453,7 @@ async def test_async_follow_logs_resumes_too() -> None:
 
 
 def test_follow_logs_from_the_gateway(gateway: GatewayProcess, jg: Client) -> None:
-    """End to end, once the gateway streams logs (the live-logs work); skipped before."""
-    if not streams_logs(gateway):
-        pytest.skip("this gateway does not stream logs yet (live-logs)")
+    """End to end: GET …/logs?follow=true as the gateway streams it."""
     accepted = jg.submit("bash", "for i in 1 2 3; do echo out $i; echo err $i >&2; "
                          "sleep 0.3; done; exit 4")
     arrived: list[tuple[float, LogChunk | LogEnd]] = []

@@ -13,6 +13,7 @@ from gateway.dispatch.keyed_locks import KeyedLocks
 from gateway.errors import WorkerLost, WorkerStartFailed
 from gateway.executors.base import WorkerHandle
 from gateway.executors.kubernetes.reasons import PodFailure, start_failure, terminal_failure
+from gateway.executors.live_output import LiveOutput
 from gateway.models import REASON_STATUS, Assignment, Reason, Status, WorkerReport
 from tests.fakes import FakeExecutor, inprocess_gateway
 
@@ -90,7 +91,8 @@ class BrokenExecutor(FakeExecutor):
         super().__init__()
         self.broken = True
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         if not self.broken:
             return await super().run(worker, assignment)
         self.runs.append(assignment)

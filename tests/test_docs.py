@@ -5,10 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 from gateway.config.settings import variables
-from tests.support import KEY_A, ROOT, GatewayProcess, streams_logs
+from tests.support import KEY_A, ROOT, GatewayProcess
 
 
 def test_every_setting_is_documented() -> None:
@@ -78,11 +76,6 @@ def test_the_client_doc_examples_run_as_printed(gateway: GatewayProcess,
 
 
 def test_the_client_doc_live_logs_example(gateway: GatewayProcess, tmp_path: Path) -> None:
-    """Runs once the gateway streams logs (GET …/logs?follow=true as server-sent events:
-    the live-logs work); skipped, and said so, before."""
-    streamed = streams_logs(gateway)
-    if not streamed:
-        pytest.skip("this gateway does not stream logs yet (live-logs)")
     [block] = _client_examples("python live-logs")
     out = _run_example(gateway, block, tmp_path)
     assert "line 1\nline 2\nline 3\nended: succeeded 0" in out

@@ -312,6 +312,5 @@ def test_small_output_is_kept_in_the_record_and_large_output_beside_it(
             assert c.get(f"/v1/invocations/{body['id']}/logs",
                          params={"stream": "stdout"}).text == stdout
         objects = gw.data_dir / "objects" / "tenant-a"
-        assert sorted(p.name for p in (objects / small["id"]).iterdir()) == \
-            ["record.json", "request.json"]
+        assert sorted(p.name for p in (objects / small["id"]).iterdir()) == ["record.json"]
         assert {"stdout", "stderr"} <= {p.name for p in (objects / large["id"]).iterdir()}

@@ -20,7 +20,12 @@ from gateway.executors.kubernetes import KubernetesExecutor
 from gateway.executors.kubernetes.controller import SURPLUS_IDLE_AFTER_S, PoolController
 from gateway.executors.kubernetes.jobs import WorkerJobs
 from gateway.executors.kubernetes.pools import Pools
-from gateway.executors.kubernetes.spec import WORKERS_SELECTOR, worker_job
+from gateway.executors.kubernetes.spec import (
+    INVOCATION,
+    PROFILE,
+    WORKERS_SELECTOR,
+    worker_job,
+)
 from gateway.executors.kubernetes.tracker import PodTracker
 from gateway.ids import new_invocation_id, new_token
 from gateway.kube.base import Conflict, Gone, Missing, Refused
@@ -155,6 +160,40 @@ async def test_a_claim_seen_late_is_never_taken_twice(
         worker = await ex.acquire(py, new_invocation_id())
         assert not worker.warm and worker.id != pod
         assert labels(api, pod)["jobgate.io/claimed-by"] == "replica-b"
+
+
+async def test_the_tracker_indexes_pods_by_profile_and_invocation_as_labels_change(
+        settings: Settings, profiles: ProfileCatalog) -> None:
+    api = FakeKubeApi()
+    py, warm = profiles.get("py"), profiles.get("warm")
+    first = add_worker(api, py, settings)
+    tracker = PodTracker(WORKERS_SELECTOR)
+    tracker.start(api)  # the first from the list, the rest from the watch
+    try:
+        await asyncio.wait_for(tracker.synced.wait(), 5)
+        second, other = add_worker(api, py, settings), add_worker(api, warm, settings)
+
+        def names(key: str, value: str) -> set[str]:
+            return {p.name for p in tracker.labelled(key, value)}
+
+        await until(lambda: len(tracker.pods) == 3)
+        assert names(PROFILE, label_value("py")) == {first, second}
+        assert names(PROFILE, label_value("warm")) == {other}
+        # A claim labels the pod with its invocation: found by it, still in its pool.
+        invocation = label_value(new_invocation_id())
+        claimed = await api.patch_pod(second, {"metadata": {"labels": {
+            INVOCATION: invocation}}})
+        await until(lambda: bool(names(INVOCATION, invocation)))
+        assert names(INVOCATION, invocation) == {second}
+        assert tracker.labelled(INVOCATION, invocation)[0].resource_version == \
+            claimed["metadata"]["resourceVersion"]
+        await api.delete_job(tracker.pods[second].job or "")
+        await until(lambda: second not in tracker.pods)
+        assert names(INVOCATION, invocation) == set()
+        assert names(PROFILE, label_value("py")) == {first}
+        assert not tracker.labelled(PROFILE, "nothing")
+    finally:
+        await tracker.stop()
 
 
 # -- the pool controller's decisions --------------------------------------------------------

@@ -23,6 +23,7 @@ from gateway.dispatch.plan import make_plan
 from gateway.errors import ConfigError, InvalidInput, WorkerLost
 from gateway.executors.base import Executor, WorkerHandle
 from gateway.executors.kubernetes.reasons import no_fault_of_the_code
+from gateway.executors.live_output import LiveOutput
 from gateway.ids import new_invocation_id
 from gateway.membership.base import Membership
 from gateway.membership.standalone import StandaloneMembership
@@ -64,7 +65,8 @@ class ScriptedExecutor(FakeExecutor):
         return WorkerHandle(id=f"w{n}", profile=profile.name, address="http://w", token="t",
                             ready_at=0.0, start_latency_s=0.0)
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         self.events.append(("run", assignment.attempt))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, WorkerLost):
@@ -94,9 +96,11 @@ def run(store_dir: Path) -> Run:
         async def wrapped() -> None:
             store = LocalStore(store_dir)
             await store.start()
+            records = InvocationStore(store)
             try:
-                await main(InvocationStore(store))
+                await main(records)
             finally:
+                await records.close()
                 await store.close()
         asyncio.run(wrapped())
     return runner
@@ -175,6 +179,7 @@ def test_a_gateway_recovers_its_own_work_and_no_live_peer_s(run: Run) -> None:
             (Status.succeeded, 1, [])
         for left in (peers, peers_queued):  # a's: not b's to take, a may be alive
             assert (await records.load(TENANT, left.id)).status == left.status
+        await records.flush()  # finished markers' deletes, waiting to share a request
         assert {i for _, i in await records.pending()} == {peers.id, peers_queued.id}
 
         # The leader, once its membership knows a is gone, takes over a's work.

@@ -279,3 +279,18 @@ def test_one_data_dir_serves_one_gateway(tmp_path: Path) -> None:
             assert invoke(c, profile="bash", code="echo still").json()["stdout"] == "still\n"
     finally:
         first.stop()
+
+
+def test_a_stop_leaves_no_pending_marker_of_a_finished_invocation(tmp_path: Path) -> None:
+    """Finished invocations' markers wait a moment to be deleted together; a stop
+    (SIGTERM) deletes what still waits, so the next start has nothing to look at."""
+    gw = GatewayProcess(tmp_path / "data", env=local_profiles_env(tmp_path)).start()
+    try:
+        with gw.client() as c:
+            for i in range(3):
+                assert invoke(c, profile="bash", code=f"echo {i}").json()["status"] == \
+                    "succeeded"
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log()
+    assert list((tmp_path / "data" / "objects" / "_pending" / "tenant-a").iterdir()) == []

@@ -4,11 +4,13 @@ what the gateway needs; the gateway validates a report where it arrives."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,8 +21,9 @@ import pytest
 
 from gateway.errors import BadWorkerReport, WorkerFailure, WorkerLost
 from gateway.executors.base import WorkerHandle
+from gateway.executors.live_output import LiveOutput
 from gateway.executors.runner_client import RunnerClient, parse_report
-from gateway.models import ArtifactLimits, Assignment, Reason, RunLimits
+from gateway.models import ArtifactLimits, Assignment, Reason, RunLimits, WorkerReport
 from tests.support import ROOT, free_port, wait_until
 
 TOKEN = "runner-test-token"
@@ -163,3 +166,51 @@ async def test_the_runner_client_validates_the_answer(tmp_path: Path) -> None:
         await client.close()
         server.shutdown()
         server.server_close()
+
+
+# -- live output ----------------------------------------------------------------------------
+
+
+async def _run_followed(url: str, script: str, want_after_s: float | None
+                        ) -> tuple[WorkerReport, LiveOutput, float | None, float]:
+    """A real runner runs ``script``; ``want_after_s`` into the run someone follows (never,
+    with None). The report, the output as it arrived, when its first byte did and when
+    the report did."""
+    output = LiveOutput()
+    worker = WorkerHandle(id="w-live", profile="bash", address=url, token=TOKEN,
+                          ready_at=0.0, start_latency_s=0.0)
+    call = asyncio.create_task(RunnerClient(grace_s=5).run(
+        worker, Assignment.model_validate(assignment(files={"main.sh": script})), output))
+    first: float | None = None
+    if want_after_s is not None:
+        await asyncio.sleep(want_after_s)
+        output.want()
+        while not output.text("stdout") and not call.done():
+            await asyncio.wait({output.changed(), call}, timeout=5,
+                               return_when=asyncio.FIRST_COMPLETED)
+        if output.text("stdout"):
+            first = time.monotonic()
+    report = await call
+    return report, output, first, time.monotonic()
+
+
+async def test_a_followed_runner_streams_its_output_before_it_reports(
+        runner: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """Asked to watch mid-run (the W byte), the runner sends what the code wrote so far
+    and what it writes next, in frames, then the report; the output is the report's."""
+    url, _root, _proc = runner
+    report, output, first, reported = await _run_followed(
+        url, "echo one; echo err >&2; sleep 1; echo two", want_after_s=0.3)
+    assert report.exit_code == 0 and report.stdout == "one\ntwo\n"
+    assert first is not None and reported - first >= 0.5
+    assert bytes(output.text("stdout")) in (b"one\n", b"one\ntwo\n")
+    assert bytes(output.text("stderr")) == b"err\n" == report.stderr.encode()
+
+
+async def test_a_runner_nobody_follows_answers_as_before(
+        runner: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    url, _root, _proc = runner
+    report, output, _first, _ = await _run_followed(url, "echo one; sleep 0.3; echo two",
+                                                    want_after_s=None)
+    assert report.stdout == "one\ntwo\n"
+    assert output.text("stdout") == b"" and output.text("stderr") == b""

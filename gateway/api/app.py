@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                          lambda: gateway.service.wait_all(10),
                          # Present until its own work is done or left: then the leader's.
                          gateway.membership.stop, gateway.deliverer.close,
-                         gateway.store.close):
+                         gateway.records.close, gateway.store.close):
                 try:
                     await step()
                 except Exception:  # logged; the next step still runs

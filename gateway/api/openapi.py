@@ -31,6 +31,8 @@ from gateway.models import (
     InvocationCreate,
     InvocationLogs,
     InvocationPage,
+    LiveLogEnd,
+    LiveLogOutput,
     PoolList,
     Readiness,
     Status,
@@ -54,7 +56,16 @@ class Media:
     schema: dict[str, Any]
 
 
-Body = type[BaseModel] | Media
+@dataclass(frozen=True)
+class Events:
+    """A ``text/event-stream`` body: each event named here carries one JSON ``data`` of
+    its model (described per event, as OpenAPI before 3.2 has ``schema`` do)."""
+
+    events: dict[str, type[BaseModel]]
+    id_pattern: str
+
+
+Body = type[BaseModel] | Media | Events
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,8 @@ ERRORS: dict[int, Answer] = {
     422: Answer("InvalidInput (details lists each problem), ProfileNotFound, CallbackRefused,"
                 " TtlTooLong (above the tenant's max_ttl_s)", (ErrorResponse,)),
     429: Answer("QueueFull (the profile's queue), TenantQueueFull (the tenant's max_queued),"
-                " RateLimited (the tenant's rate_per_s)", (ErrorResponse,),
+                " RateLimited (the tenant's rate_per_s), TooManyFollowers (live logs)",
+                (ErrorResponse,),
                 headers=("Retry-After",)),
     431: Answer("RequestHeadersTooLarge", (ErrorResponse,)),
     503: Answer("StorageUnavailable, ExecutorUnavailable, ShuttingDown", (ErrorResponse,),
@@ -123,6 +135,9 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 TEXT = Media("text/plain", {"type": "string"})
+# Live logs (docs/api.md): output events, then one end event; ": ping" comments between.
+LIVE_LOGS = Events({"output": LiveLogOutput, "end": LiveLogEnd},
+                   id_pattern=r"^[0-9]+\.[0-9]+$")
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -169,11 +184,27 @@ def operations(sync_wait_s: float) -> dict[Endpoint, Operation]:
             params=(_query("wait", {"type": "number", "minimum": 0, "maximum": sync_wait_s},
                            "long-poll: answer when it ends, or after this many seconds"),)),
         r.get_logs: Operation(
-            "stdout and stderr (JSON, or one stream as text with ?stream=)",
-            {200: Answer("The logs (empty until it ends)", (InvocationLogs, TEXT))},
-            errors=(404, 422, 503),
+            "stdout and stderr (JSON, or one stream as text with ?stream=; live as "
+            "server-sent events with ?follow=true)",
+            {200: Answer("The logs (empty until it ends); with follow, the live stream",
+                         (InvocationLogs, TEXT, LIVE_LOGS))},
+            errors=(404, 422, 429, 503),
             params=(_query("stream", {"type": "string", "enum": ["", "stdout", "stderr"]},
-                           "one stream as text/plain (empty: the JSON)"),)),
+                           "one stream as text/plain (empty: the JSON); with follow, "
+                           "only this stream's events"),
+                    _query("follow", {"type": "boolean"},
+                           "true: stream the logs live (text/event-stream) until it ends"),
+                    _query("stdout_offset", {"type": "integer", "minimum": 0,
+                                             "maximum": 2**53 - 1},
+                           "with follow: only stdout past this byte offset"),
+                    _query("stderr_offset", {"type": "integer", "minimum": 0,
+                                             "maximum": 2**53 - 1},
+                           "with follow: only stderr past this byte offset"),
+                    {"name": "Last-Event-ID", "in": "header", "required": False,
+                     "description": "with follow: resume after this event (its id); "
+                                    "wins over the offsets in the query",
+                     "schema": {"type": "string",
+                                "pattern": r"^([0-9]{1,16}\.[0-9]{1,16})?$"}})),
         r.list_artifacts: Operation(
             "The artifacts' names, sizes and digests",
             {200: Answer("The artifacts", (ArtifactList,))}, errors=(404, 503)),
@@ -264,7 +295,10 @@ def build_openapi(version: str, routes: Iterable[BaseRoute], *, profiles: list[s
             models[(op.body, "validation")] = None
     for answer in answers:
         for body in answer.bodies:
-            if not isinstance(body, Media):
+            if isinstance(body, Events):
+                models.update({(model, "serialization"): None
+                               for model in body.events.values()})
+            elif not isinstance(body, Media):
                 models[(body, "serialization")] = None
     refs, schemas = _model_schemas(models)
     # The profiles this gateway serves: a client (and the contract test) can pick one.
@@ -276,6 +310,14 @@ def build_openapi(version: str, routes: Iterable[BaseRoute], *, profiles: list[s
         for body in bodies:
             if isinstance(body, Media):
                 media[body.media_type] = {"schema": body.schema}
+            elif isinstance(body, Events):
+                media["text/event-stream"] = {"schema": {"oneOf": [
+                    {"type": "object", "required": ["event", "data"], "properties": {
+                        "event": {"const": name},
+                        "id": {"type": "string", "pattern": body.id_pattern},
+                        "data": {"type": "string", "contentMediaType": "application/json",
+                                 "contentSchema": refs[(model, "serialization")]}}}
+                    for name, model in body.events.items()]}}
             else:
                 media["application/json"] = {"schema": refs[(body, "serialization")]}
         return media

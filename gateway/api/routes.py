@@ -17,6 +17,7 @@ from starlette.routing import Route
 from gateway.api.batch import batch_is_post_only, create_batch
 from gateway.api.bodies import read_json as _read_json
 from gateway.api.responses import JSONResponse, answer
+from gateway.api.sse import MEDIA_TYPE, EventStream, offsets_of, wants_follow
 from gateway.api.state import gateway_of, openapi_of
 from gateway.config.profiles import ProfileList
 from gateway.dispatch.invoke import InvocationRequest
@@ -29,6 +30,7 @@ from gateway.errors import (
     ObjectNotFound,
     Unauthorized,
 )
+from gateway.executors.live_output import STREAMS
 from gateway.ids import is_invocation_id
 from gateway.models import (
     AcceptedInvocation,
@@ -125,18 +127,26 @@ async def get_invocation(request: Request) -> Response:
 
 
 async def get_logs(request: Request) -> Response:
+    """``?follow=true``: live, as server-sent events (gateway.api.sse)."""
     gw = gateway_of(request.app)
     tenant, inv = _tenant(request), _invocation_id(request)
+    stream = request.query_params.get("stream")
+    if stream not in (None, "", "stdout", "stderr"):
+        raise InvalidInput("stream must be stdout or stderr")
+    offsets = offsets_of(request.query_params, request.headers)
+    if wants_follow(request.query_params):
+        if request.method == "HEAD":  # the stream's head, without holding a stream open
+            await gw.service.get(tenant, inv)
+            return Response(media_type=MEDIA_TYPE)
+        streams = tuple(name for name in STREAMS if stream in (None, "", name))
+        return EventStream(await gw.service.follow_logs(tenant, inv, offsets, streams))
     record = await gw.service.get(tenant, inv)
     if record.status.terminal and record.stdout is None:  # a live record's last moment
         record = await gw.records.load(tenant, inv)
     stdout, stderr = ((record.stdout or "", record.stderr or "") if record.status.terminal
                       else ("", ""))
-    stream = request.query_params.get("stream")
     if stream in ("stdout", "stderr"):
         return PlainTextResponse(stdout if stream == "stdout" else stderr)
-    if stream:
-        raise InvalidInput("stream must be stdout or stderr")
     return answer(InvocationLogs(id=inv, status=record.status, stdout=stdout, stderr=stderr,
                                  stdout_truncated=record.stdout_truncated,
                                  stderr_truncated=record.stderr_truncated))

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from gateway.auth.keys import hash_key, new_key
@@ -86,10 +85,9 @@ def _exit_code(status: Status, exit_code: int | None) -> int:
     return EXIT_FOR_STATUS.get(status, 0 if status is Status.succeeded else 1)
 
 
-def _print_result(record: Invocation) -> int:
-    sys.stdout.write(record.stdout or "")
-    sys.stdout.flush()
-    sys.stderr.write(record.stderr or "")
+def _print_ending(record: Invocation) -> int:
+    """What only the end of an invocation tells (its output was shown as it came): its
+    truncation, a failure's reason; the exit status."""
     if record.stdout_truncated or record.stderr_truncated:
         sys.stderr.write("\njobgate: output was truncated; see `jobgate logs`\n")
     if record.status is not Status.succeeded and record.reason not in (None, "NonZeroExit"):
@@ -118,15 +116,28 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         options["timeout_s"] = args.timeout
     if not sys.stdin.isatty() and args.stdin:
         options["stdin"] = sys.stdin.read()
-    started = time.monotonic()
     with _client() as client:
         if args.async_:
             print(client.submit(profile, **options).id)
             return 0
-        record = client.invoke(profile, progress=lambda inv: _progress(
-            f"{inv.id}: {inv.status} ({time.monotonic() - started:.0f}s)"), **options)
+        # Run once, as a sync call would, and show the output as it comes (live logs);
+        # then what only the end tells (a failure's reason, truncation), from the record.
+        options["max_attempts"] = 1
+        accepted = client.submit(profile, **options)
+        _progress(f"{accepted.id}: {accepted.status}")
+        shown = False
+        for item in client.follow_logs(accepted.id):
+            if isinstance(item, LogEnd):
+                break
+            if not shown:
+                _progress("")
+                shown = True
+            out = sys.stdout if item.stream == "stdout" else sys.stderr
+            out.write(item.data)
+            out.flush()
+        record = client.wait(accepted.id, CLI_WAIT_S)
     _progress("")
-    return _print_result(record)
+    return _print_ending(record)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

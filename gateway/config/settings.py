@@ -204,6 +204,16 @@ class Settings(BaseSettings):
     artifact_max_bytes: int = Field(64 * MiB, gt=0)
     artifact_max_total_bytes: int = Field(500 * MiB, gt=0)
 
+    # -- live logs (GET .../logs?follow=true) --------------------------------------------
+    # Open follow streams, per invocation and on this replica in all (past them: 429).
+    logs_follow_max_per_invocation: int = Field(8, ge=1)
+    logs_follow_max_total: int = Field(256, ge=1)
+    # A keep-alive comment after this long without an event (so proxies keep the stream).
+    logs_follow_ping_s: float = Field(15.0, gt=0, le=300)
+    # How often storage is read for an invocation this replica does not run (it runs on
+    # another one, or waits there): its output is sent once it has ended.
+    logs_follow_poll_s: float = Field(1.0, gt=0, le=60)
+
     # -- dispatch -------------------------------------------------------------------------
     queue_size: int = Field(256, ge=0)
     # The most attempts an invocation may ask for (max_attempts), and the cap on the

@@ -14,6 +14,7 @@ from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.ssrf import CallbackPolicy
 from gateway.dispatch.admission import Admission, InvocationRequest
+from gateway.dispatch.follow import Follow, LogFollowers, Offsets
 from gateway.dispatch.lifecycle import Lifecycle
 from gateway.dispatch.live import LiveTable
 from gateway.dispatch.outputs import Outputs, choose_outputs
@@ -21,6 +22,7 @@ from gateway.dispatch.parts import Parts
 from gateway.dispatch.recovery import Recovery
 from gateway.dispatch.retries import Reruns
 from gateway.dispatch.usage import by_label, every_usage, usage_of
+from gateway.executors.live_output import StreamName
 from gateway.models import ArtifactListing, InvocationRecord, PoolState, Usage
 
 log = logging.getLogger("jobgate.dispatch")
@@ -48,6 +50,7 @@ class Dispatcher:
         self.recovery = recovery
         self.outputs = outputs
         self.live = live
+        self.followers = LogFollowers(live, lifecycle)
 
     async def invoke(self, request: InvocationRequest, wait_s: float | None = None
                      ) -> Outcome:
@@ -79,6 +82,14 @@ class Dispatcher:
             if finished is not None:
                 return await self.lifecycle.parts.records.load(tenant, invocation_id)
         return await self.get(tenant, invocation_id)
+
+    async def follow_logs(self, tenant: str, invocation_id: str, offsets: Offsets,
+                          streams: tuple[StreamName, ...]) -> Follow:
+        """A follower's stream of the invocation's logs (gateway.dispatch.follow): the
+        tenant's invocations only (InvocationNotFound), within the follower limits
+        (TooManyFollowers)."""
+        await self.get(tenant, invocation_id)
+        return self.followers.open(tenant, invocation_id, offsets, streams)
 
     async def cancel(self, tenant: str, invocation_id: str) -> InvocationRecord:
         return await self.lifecycle.cancel(tenant, invocation_id)

@@ -152,7 +152,7 @@ class Lifecycle:
             record.attempts = number
             self._save_in_background(live)
             try:
-                report = await executor.run(worker, assignment)
+                report = await executor.run(worker, assignment, live.output)
             except WorkerUnreachable as e:
                 # The code never started: another worker may take it.
                 log.warning("invocation %s: %s; trying another worker", record.id, e)

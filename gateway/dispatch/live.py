@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from gateway.dispatch.fair_share import Turn
 from gateway.dispatch.plan import Plan
 from gateway.executors.base import WorkerHandle
+from gateway.executors.live_output import LiveOutput
 from gateway.models import InvocationCreate, InvocationRecord
 from gateway.supervise import TaskSet
 
@@ -28,6 +29,8 @@ class LiveInvocation:
     abandoned: bool = False  # shutdown: left pending in storage, resumed by the next start
     # Its place in the profile's fair share (None: adopted by recovery, never queued here).
     turn: Turn | None = None
+    # Its output while it runs, for followers (empty unless someone follows).
+    output: LiveOutput = field(default_factory=LiveOutput)
     # Record writes not waited for (the 'running' state): settled before any write that
     # must land after them.
     pending_writes: TaskSet = field(init=False)

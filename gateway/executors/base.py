@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from gateway.config.profiles import Profile
+from gateway.executors.live_output import LiveOutput
 from gateway.models import Assignment, PoolState, WorkerReport
 
 
@@ -51,8 +52,10 @@ class Executor(ABC):
         or started for this call."""
 
     @abstractmethod
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
-        """Send the assignment and wait for the report. Raises WorkerLost."""
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
+        """Send the assignment and wait for the report. Raises WorkerLost. ``output``
+        receives the code's output while it runs, once someone follows it."""
 
     @abstractmethod
     async def cancel(self, worker: WorkerHandle) -> None:

@@ -15,12 +15,11 @@ tenant goes down to the tools with the request. Then the SDK's transport takes i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import mcp_types as types
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -31,9 +30,17 @@ from gateway.api.state import Gateway
 from gateway.auth.authenticator import Authenticator
 from gateway.config.settings import Settings
 from gateway.errors import Unauthorized
-from gateway.mcp.server import TENANT_SCOPE_KEY, build_server
+
+if TYPE_CHECKING:  # the SDK is imported on the first /mcp request (see McpFrontDoor)
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from mcp.server.transport_security import TransportSecuritySettings
 
 PATH = "/mcp"
+# Where the endpoint leaves the caller's tenant in the request's ASGI scope, once its API
+# key is checked (before the MCP layer sees the request); gateway.mcp.server reads it.
+TENANT_SCOPE_KEY = "jobgate.tenant"
+# JSON-RPC 2.0's "Invalid Request" (mcp_types.INVALID_REQUEST, without importing the SDK).
+INVALID_REQUEST = -32600
 LOOPBACK_HOSTS = ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
@@ -43,6 +50,8 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     as the SDK does, the loopback names on a loopback bind (where a gateway may run without
     keys), and no check on another bind (keys are required there, and a page that rebinds
     a name to the gateway cannot send them)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
     mcp = settings.mcp
     if mcp.allowed_hosts:
         return TransportSecuritySettings(allowed_hosts=list(mcp.allowed_hosts),
@@ -59,7 +68,7 @@ def refused(error: Unauthorized) -> Response:
     surfaces its message), the REST API's error shape in its data."""
     rest = {"code": error.code, "message": error.message, "details": error.details}
     return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
-        "code": types.INVALID_REQUEST, "message": f"{error.code}: {error.message}",
+        "code": INVALID_REQUEST, "message": f"{error.code}: {error.message}",
         "data": {"error": rest}}}, status_code=error.status,
         headers={"WWW-Authenticate": 'Bearer realm="jobgate"'})
 
@@ -69,9 +78,9 @@ class McpEndpoint:
 
     __name__ = "mcp"  # the route's label in the request metrics
 
-    def __init__(self, auth: Authenticator, manager: StreamableHTTPSessionManager):
+    def __init__(self, auth: Authenticator, door: McpFrontDoor):
         self.auth = auth
-        self.manager = manager
+        self.door = door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # a websocket under /mcp/: nothing serves it
@@ -83,20 +92,25 @@ class McpEndpoint:
             await refused(e)(scope, receive, send)
             return
         scope[TENANT_SCOPE_KEY] = tenant
-        await self.manager.handle_request(scope, receive, send)
+        manager = await self.door.manager()
+        await manager.handle_request(scope, receive, send)
 
 
 class McpFrontDoor:
-    """The endpoint, its routes in the app, and the session manager the app's lifespan
-    runs."""
+    """The endpoint, its routes in the app, and the SDK's session manager, started on the
+    first /mcp request: the SDK costs ~0.35 s of imports and ~27 MB of memory, which a
+    gateway nobody calls over MCP should not pay at every start. The manager runs in a
+    task of its own (its task group must be entered and left in one task) until the
+    app's lifespan ends (``run``)."""
 
     def __init__(self, gateway: Gateway, version: str):
-        settings = gateway.settings
-        self.manager = StreamableHTTPSessionManager(
-            build_server(gateway, version), json_response=True, stateless=True,
-            security_settings=transport_security(settings),
-            max_request_body_size=settings.max_request_bytes)
-        self.endpoint = McpEndpoint(gateway.auth, self.manager)
+        self.gateway = gateway
+        self.version = version
+        self.endpoint = McpEndpoint(gateway.auth, self)
+        self._manager: StreamableHTTPSessionManager | None = None
+        self._starting: asyncio.Task[StreamableHTTPSessionManager] | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -106,14 +120,61 @@ class McpFrontDoor:
         return [Route(PATH, self.endpoint, include_in_schema=False),
                 Mount(PATH, app=self.endpoint)]
 
+    async def manager(self) -> StreamableHTTPSessionManager:
+        if self._manager is not None:
+            return self._manager
+        if self._starting is None:  # the first caller starts it; the others wait with it
+            self._starting = asyncio.create_task(self._start(), name="mcp-start")
+        starting = self._starting
+        try:
+            return await asyncio.shield(starting)
+        except Exception:
+            if starting.done() and self._starting is starting:
+                self._starting = None  # it failed: the next request tries again
+            raise
+
+    async def _start(self) -> StreamableHTTPSessionManager:
+        # Imported off the event loop: 0.35 s of module loading would stall every request.
+        manager = await asyncio.to_thread(self._build)
+        running = asyncio.get_running_loop().create_future()
+        self._serving = asyncio.create_task(self._serve(manager, running), name="mcp")
+        await running
+        self._manager = manager
+        return manager
+
+    def _build(self) -> StreamableHTTPSessionManager:
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+        from gateway.mcp.server import build_server
+
+        settings = self.gateway.settings
+        return StreamableHTTPSessionManager(
+            build_server(self.gateway, self.version), json_response=True, stateless=True,
+            security_settings=transport_security(settings),
+            max_request_body_size=settings.max_request_bytes)
+
+    async def _serve(self, manager: StreamableHTTPSessionManager,
+                     running: asyncio.Future[None]) -> None:
+        try:
+            async with manager.run():
+                running.set_result(None)
+                await self._stop.wait()
+        except BaseException as e:
+            if not running.done():
+                running.set_exception(e)
+            raise
+
     @asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
-        async with self.manager.run():
+        """The app's lifespan: when it ends, the manager (if it was started) stops."""
+        try:
             yield
+        finally:
+            self._stop.set()
+            if self._serving is not None:
+                await asyncio.gather(self._serving, return_exceptions=True)
 
 
 def mcp_front_door(gateway: Gateway, version: str) -> McpFrontDoor | None:
     """The /mcp front door, unless JOBGATE_MCP_ENABLED is off."""
     return McpFrontDoor(gateway, version) if gateway.settings.mcp.enabled else None
-
-

@@ -19,6 +19,7 @@ from gateway.dispatch.invoke import InvocationRequest
 from gateway.errors import InvalidInput, InvocationNotFound, JobgateError
 from gateway.ids import is_invocation_id
 from gateway.mcp import answers
+from gateway.mcp.endpoint import TENANT_SCOPE_KEY
 from gateway.mcp.tools import (
     CANCEL_INVOCATION,
     GET_INVOCATION,
@@ -35,9 +36,6 @@ from gateway.mcp.tools import (
 from gateway.models import InvocationRecord
 
 log = logging.getLogger("jobgate.mcp")
-# Where the /mcp endpoint leaves the caller's tenant in the request's ASGI scope, once
-# its API key is checked (before the MCP layer sees the request).
-TENANT_SCOPE_KEY = "jobgate.tenant"
 INSTRUCTIONS = (
     "jobgate runs code in isolated sandboxes. list_profiles names the runtimes; run_code "
     "runs a program in one and answers its exit code, stdout, stderr, result and artifact "

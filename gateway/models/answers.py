@@ -80,6 +80,26 @@ class InvocationLogs(BaseModel):
     stderr_truncated: bool
 
 
+class LiveLogOutput(BaseModel):
+    """The data of a live logs ``output`` event: text of one stream, from ``offset``
+    (bytes of its UTF-8)."""
+
+    model_config = ANSWER
+    stream: Literal["stdout", "stderr"]
+    offset: int = Field(ge=0)
+    data: str
+
+
+class LiveLogEnd(BaseModel):
+    """The data of a live logs ``end`` event: how the invocation ended."""
+
+    model_config = ANSWER
+    status: Status
+    exit_code: int | None
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
 class ArtifactList(BaseModel):
     model_config = ANSWER
     items: list[ArtifactLink]

@@ -1,7 +1,6 @@
 """The invocation layout on an object store. Everything an invocation owns lives under
 one prefix per tenant and invocation, so it is deleted in one sweep:
 
-    {tenant}/{id}/request.json       the accepted request (written before any 202)
     {tenant}/{id}/record.json        the invocation record (status, result, timings);
                                      once it ended, with its output when that is small
     {tenant}/{id}/stdout, stderr     captured output (capped), when it is not small
@@ -10,7 +9,8 @@ one prefix per tenant and invocation, so it is deleted in one sweep:
 
 Beside it, small indexes, each an object per entry so any replica can read them:
 
-    _pending/{tenant}/{id}           accepted and not finished: recovered after a crash
+    _pending/{tenant}/{id}           accepted and not finished: recovered after a crash;
+                                     it holds the accepted request (what recovery runs)
     _callbacks/{tenant}/{id}         a callback not yet delivered (its owner, its secret)
     _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
     _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from gateway.errors import InvocationNotFound, ObjectNotFound
 from gateway.models import InvocationRecord, Status
 from gateway.storage.base import ObjectStore
+from gateway.storage.deferred import FLUSH_EVERY_S, DeferredDeletes
 
 PENDING = "_pending"
 EXPIRY = "_expiry"
@@ -40,7 +41,6 @@ REPORT = "report.json"
 _SEP = "~"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
-BINARY = "application/octet-stream"
 # Output up to this size (stdout and stderr together, UTF-8) is kept inside the record.
 INLINE_OUTPUT_BYTES = 16 * 1024
 
@@ -72,9 +72,20 @@ class CallbackMark:
 class InvocationStore:
     """The only reader and writer of the layout above: nothing else builds a key."""
 
-    def __init__(self, store: ObjectStore, *, list_concurrency: int = 16):
+    def __init__(self, store: ObjectStore, *, list_concurrency: int = 16,
+                 delete_delay_s: float = FLUSH_EVERY_S):
         self._store = store
         self._list_concurrency = list_concurrency
+        # A finished invocation's pending marker goes with others in one request.
+        self._deferred = DeferredDeletes(store, delete_delay_s)
+
+    async def flush(self) -> None:
+        """The deletes waiting to share a request, done now."""
+        await self._deferred.flush()
+
+    async def close(self) -> None:
+        """The deletes still waiting, done (before the store closes)."""
+        await self._deferred.close()
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -108,10 +119,9 @@ class InvocationStore:
         t, i = record.tenant, record.id
         marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
         extra_keys = []
-        items = [
-            (self.key(t, i, "request.json"), request_body, JSON),
-            (self._entry(PENDING, t, i), b"", BINARY),
-        ]
+        # The request rides in the pending marker: only recovery reads it, and only
+        # while the marker exists (one object fewer to write per invocation).
+        items = [(self._entry(PENDING, t, i), request_body, JSON)]
         if idempotency is not None:
             key_hash, body_hash = idempotency
             idem_key = self._entry(IDEMPOTENCY, t, key_hash)
@@ -147,7 +157,9 @@ class InvocationStore:
             items = [(self.key(t, i, "stdout"), out, TEXT),
                      (self.key(t, i, "stderr"), err, TEXT), self._record_item(record)]
         await self._store.put_many(items, expires_at=record.expires_at)
-        await self._store.delete_keys([self._entry(PENDING, t, i)])
+        # The marker may wait for others (one DeleteObjects for many on S3): if a crash
+        # keeps it, recovery finds the invocation finished and drops it then.
+        self._deferred.add(self._entry(PENDING, t, i))
 
     # -- reads --------------------------------------------------------------------------
 
@@ -176,7 +188,11 @@ class InvocationStore:
         return out, err
 
     async def load_request(self, tenant: str, invocation_id: str) -> bytes:
-        return await self._store.get(self.key(tenant, invocation_id, "request.json"))
+        """The accepted request of an unfinished invocation (ObjectNotFound: none)."""
+        body = await self._store.get(self._entry(PENDING, tenant, invocation_id))
+        if not body:  # accepted by a gateway before 0.1's request-in-the-marker layout
+            body = await self._store.get(self.key(tenant, invocation_id, "request.json"))
+        return body
 
     async def list_page(self, tenant: str, *, status: Status | None, profile: str | None,
                         cursor: str | None, limit: int

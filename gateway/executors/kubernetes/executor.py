@@ -31,6 +31,7 @@ from gateway.executors.kubernetes.recovery import Recovery
 from gateway.executors.kubernetes.runs import Runs
 from gateway.executors.kubernetes.spec import WORKERS_SELECTOR, network_policies
 from gateway.executors.kubernetes.tracker import PodTracker
+from gateway.executors.live_output import LiveOutput
 from gateway.executors.runner_client import RunnerClient
 from gateway.kube.api import connect
 from gateway.kube.base import KubeApi
@@ -127,10 +128,11 @@ class KubernetesExecutor(Executor):
     async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         return await self._started.claims.acquire(profile, invocation_id)
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         """Send the assignment; meanwhile watch the pod, so a pod that dies, is evicted or
         OOM-killed ends the wait at once with the reason its status gives."""
-        return await self._started.runs.run(worker, assignment)
+        return await self._started.runs.run(worker, assignment, output)
 
     async def cancel(self, worker: WorkerHandle) -> None:
         await self._started.runs.cancel(worker)

@@ -14,7 +14,7 @@ from gateway.config.profiles import Profile, ProfileCatalog
 from gateway.config.settings import Settings
 from gateway.executors.kubernetes.pods import Pod
 from gateway.executors.kubernetes.reasons import PodFailure
-from gateway.executors.kubernetes.spec import WorkerState
+from gateway.executors.kubernetes.spec import PROFILE, WorkerState
 from gateway.executors.kubernetes.tracker import Change, PodEvent, PodTracker
 from gateway.executors.pool import DemandSizer
 from gateway.kube.names import label_value
@@ -44,7 +44,7 @@ class ProfilePool:
     # -- its workers, as the watch shows them --------------------------------------------
 
     def pods(self) -> list[Pod]:
-        return [p for p in self._tracker.pods.values() if p.profile == self.label]
+        return self._tracker.labelled(PROFILE, self.label)
 
     def idle(self) -> list[Pod]:
         """Unclaimed workers, ready or not."""

@@ -12,6 +12,7 @@ from gateway.errors import WorkerLost
 from gateway.executors.kubernetes.endings import PodEndings
 from gateway.executors.kubernetes.jobs import WorkerJobs
 from gateway.executors.kubernetes.pods import Pod
+from gateway.executors.kubernetes.spec import INVOCATION
 from gateway.executors.kubernetes.tracker import PodTracker
 from gateway.kube.names import label_value
 from gateway.models import Reason
@@ -29,8 +30,7 @@ class Recovery:
         self.jobs = jobs
 
     def _of(self, invocation_id: str) -> list[Pod]:
-        label = label_value(invocation_id)
-        return [p for p in self.tracker.pods.values() if p.invocation == label]
+        return self.tracker.labelled(INVOCATION, label_value(invocation_id))
 
     async def adopt(self, invocation_id: str, timeout_s: float) -> bool | None:
         pods = [p for p in self._of(invocation_id) if p.ended() is None]

@@ -12,6 +12,7 @@ from gateway.errors import WorkerLost
 from gateway.executors.base import WorkerHandle
 from gateway.executors.kubernetes.endings import Ending, PodEndings
 from gateway.executors.kubernetes.jobs import WorkerJobs
+from gateway.executors.live_output import LiveOutput
 from gateway.executors.runner_client import RunnerClient
 from gateway.models import Assignment, Reason, WorkerReport
 
@@ -27,9 +28,10 @@ class Runs:
         self.jobs = jobs
         self._cancelled: set[str] = set()  # workers this replica stopped (a cancel)
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         with self.endings.watch(worker.id) as gone:
-            call = asyncio.create_task(self.client.run(worker, assignment))
+            call = asyncio.create_task(self.client.run(worker, assignment, output))
             try:
                 report = await self._report(call, gone)
                 if report.reason == Reason.Cancelled and worker.id not in self._cancelled:

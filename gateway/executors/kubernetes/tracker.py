@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.executors.kubernetes.pods import Pod
+from gateway.executors.kubernetes.spec import INVOCATION, PROFILE
 from gateway.kube.base import Gone, KubeApi
 
 log = logging.getLogger("jobgate.k8s.tracker")
 WATCH_TIMEOUT_S = 240
+# The labels pods are looked up by (a profile's pool, an invocation's worker): indexed, so
+# a lookup reads that label's pods, not every pod the watch shows.
+INDEXED = (PROFILE, INVOCATION)
 
 
 class Change(StrEnum):
@@ -40,6 +44,7 @@ class PodTracker:
     def __init__(self, selector: str):
         self.selector = selector
         self._pods: dict[str, Pod] = {}
+        self._index: dict[tuple[str, str], dict[str, Pod]] = {}
         self._listeners: list[Listener] = []
         self.synced = asyncio.Event()
         self.healthy = False
@@ -50,13 +55,43 @@ class PodTracker:
         """Every pod the watch shows, by name."""
         return self._pods
 
+    def labelled(self, key: str, value: str) -> list[Pod]:
+        """The pods whose label ``key`` (one of INDEXED) is ``value``."""
+        return list(self._index.get((key, value), {}).values())
+
+    def _put(self, pod: Pod) -> None:
+        old = self._pods.get(pod.name)
+        if old is not None:
+            self._unindex(old)
+        self._pods[pod.name] = pod
+        for key in INDEXED:
+            value = pod.labels.get(key)
+            if value:
+                self._index.setdefault((key, value), {})[pod.name] = pod
+
+    def _drop(self, name: str) -> None:
+        old = self._pods.pop(name, None)
+        if old is not None:
+            self._unindex(old)
+
+    def _unindex(self, pod: Pod) -> None:
+        for key in INDEXED:
+            value = pod.labels.get(key)
+            if not value:
+                continue
+            bucket = self._index.get((key, value))
+            if bucket is not None:
+                bucket.pop(pod.name, None)
+                if not bucket:
+                    del self._index[(key, value)]
+
     def listen(self, listener: Listener) -> None:
         """Call ``listener`` with every change, in the order listeners were added."""
         self._listeners.append(listener)
 
     def saw(self, pod: Pod) -> None:
         """A newer version of a pod than the watch has shown yet (a write's answer)."""
-        self._pods[pod.name] = pod
+        self._put(pod)
 
     def start(self, api: KubeApi) -> None:
         self._task = asyncio.create_task(self._run(api), name="k8s:pod-tracker")
@@ -80,7 +115,9 @@ class PodTracker:
             if name not in fresh:
                 self._emit(PodEvent(Change.DELETED, old, old))
         previous = self._pods
-        self._pods = fresh
+        self._pods, self._index = {}, {}
+        for pod in fresh.values():
+            self._put(pod)
         for name, pod in fresh.items():
             self._emit(PodEvent(Change.MODIFIED if name in previous else Change.ADDED, pod,
                                 previous.get(name)))
@@ -106,9 +143,9 @@ class PodTracker:
                     change, pod = Change(event["type"]), Pod(raw)
                     previous = self._pods.get(pod.name)
                     if change is Change.DELETED:
-                        self._pods.pop(pod.name, None)
+                        self._drop(pod.name)
                     else:
-                        self._pods[pod.name] = pod
+                        self._put(pod)
                     self._emit(PodEvent(change, pod, previous))
                 backoff, failures = 0.2, 0
             except asyncio.CancelledError:

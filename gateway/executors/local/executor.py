@@ -17,6 +17,7 @@ from gateway.config.profiles import Profile, ProfileCatalog
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError, ExecutorUnavailable
 from gateway.executors.base import Executor, WorkerHandle
+from gateway.executors.live_output import LiveOutput
 from gateway.executors.local.processes import (
     RunnerLedger,
     end_process,
@@ -211,10 +212,11 @@ class LocalExecutor(Executor):
     async def acquire(self, profile: Profile, invocation_id: str) -> WorkerHandle:
         return await self._pools[profile.name].acquire()
 
-    async def run(self, worker: WorkerHandle, assignment: Assignment) -> WorkerReport:
+    async def run(self, worker: WorkerHandle, assignment: Assignment,
+                  output: LiveOutput | None = None) -> WorkerReport:
         # The worker keeps its workspace when the gateway stores outputs from it
         # (assignment.keep_workspace, set by gateway.dispatch.outputs).
-        return await self._client.run(worker, assignment)
+        return await self._client.run(worker, assignment, output)
 
     async def cancel(self, worker: WorkerHandle) -> None:
         # The runner kills the code's process group on SIGTERM and reports Cancelled.
