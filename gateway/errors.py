@@ -69,6 +69,12 @@ class CallbackRefused(InvalidInput):
     code = "CallbackRefused"
 
 
+class TtlTooLong(InvalidInput):
+    """A ttl_s above the tenant's max_ttl_s."""
+
+    code = "TtlTooLong"
+
+
 class Unauthorized(JobgateError):
     status = 401
     code = "Unauthorized"
@@ -108,6 +114,19 @@ class AlreadyFinished(Conflict):
 class QueueFull(JobgateError):
     status = 429
     code = "QueueFull"
+
+
+class TenantQueueFull(QueueFull):
+    """The tenant has as many invocations waiting as its max_queued allows."""
+
+    code = "TenantQueueFull"
+
+
+class RateLimited(JobgateError):
+    """The tenant submits faster than its rate_per_s (its token bucket is empty)."""
+
+    status = 429
+    code = "RateLimited"
 
 
 class TooManyFollowers(JobgateError):

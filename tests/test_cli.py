@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import KEY_A, ROOT, GatewayProcess
+from tests.support import KEY_A, KEY_B, ROOT, GatewayProcess, running_gateway
 
 
 def jobgate(gateway: GatewayProcess, *args: str, stdin: str | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "JOBGATE_URL": gateway.url, "JOBGATE_API_KEY": KEY_A}
+            cwd: Path | None = None, key: str = KEY_A) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JOBGATE_URL": gateway.url, "JOBGATE_API_KEY": key}
     return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], cwd=cwd or ROOT,
                           env=env, input=stdin, capture_output=True, text=True, timeout=60)
 
@@ -171,3 +171,20 @@ def test_logs_follow_prints_the_output_as_it_comes(gateway: GatewayProcess,
     code, out, err, before_end = _first_line_then_rest(gateway, "logs", "-f", inv_id)
     assert (code, out, err) == (3, "", "second\n")
     assert before_end >= 1.0  # the first line came before the code ended
+
+
+def test_usage_prints_this_tenant_and_every_tenant_for_an_operator(tmp_path: Path) -> None:
+    limits = '{"tenants": {"tenant-a": {"max_queued": 7, "weight": 3}}}'
+    with running_gateway(tmp_path, JOBGATE_OPERATOR_TENANTS="tenant-b",
+                         JOBGATE_TENANT_LIMITS=limits) as gw:
+        mine = jobgate(gw, "usage")
+        assert mine.returncode == 0, mine.stderr
+        header, row = mine.stdout.splitlines()
+        assert header.split()[:3] == ["tenant", "running", "queued"]
+        assert row.split() == ["tenant-a", "0", "0", "-", "7", "-", "-", "604800", "3"]
+        refused = jobgate(gw, "usage", "--all")
+        assert refused.returncode == 2 and "JOBGATE_OPERATOR_TENANTS" in refused.stderr
+        every = jobgate(gw, "usage", "--all", key=KEY_B)
+        assert every.returncode == 0, every.stderr
+        assert [line.split()[0] for line in every.stdout.splitlines()[1:]] == [
+            "tenant-a", "tenant-b"]

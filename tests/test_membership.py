@@ -37,6 +37,7 @@ from gateway.models import (
 )
 from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
+from gateway.tenants.directory import TenantDirectory
 from gateway.tenants.limits import LimitsTable
 from gateway.tenants.quota import StorageQuota
 from tests.fakes import FakeExecutor, FakeMembership
@@ -116,7 +117,7 @@ def make_service(records: InvocationStore, executor: Executor, membership: Membe
     quota = StorageQuota(records.usage, limits, metrics.tenant_stored_bytes,
                          refresh_s=config.usage_refresh_s, named=())
     parts = Parts(config, load_profiles(None), executor, records, metrics, membership,
-                  limits, quota)
+                  LimitsTable(), quota, TenantDirectory([TENANT]))
     return build_dispatcher(parts, deliverer, policy, UploadTokens("s" * 32))
 
 

@@ -42,6 +42,7 @@ from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
 from gateway.storage.janitor import Janitor
 from gateway.storage.records import InvocationStore
+from gateway.tenants.directory import TenantDirectory
 from gateway.tenants.limits import LimitsTable
 from gateway.tenants.quota import StorageQuota
 
@@ -114,10 +115,12 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
             raise StartupError(f"JOBGATE_CALLBACK_SECRET or JOBGATE_CALLBACK_PREVIOUS_SECRETS:"
                                f" {e}") from None
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secrets)
+    tenants = TenantDirectory([*limits.configured, *keys.tenants])
     quota = StorageQuota(records.usage, limits, metrics.tenant_stored_bytes,
                          refresh_s=settings.usage_refresh_s,
-                         named={entry.tenant for entry in keys.entries} or {DEFAULT_TENANT})
-    parts = Parts(settings, profiles, executor, records, metrics, membership, limits, quota)
+                         named=tenants.names or (DEFAULT_TENANT,))
+    parts = Parts(settings, profiles, executor, records, metrics, membership, limits, quota,
+                  tenants)
     service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))
     janitor = Janitor(records, metrics, settings.janitor_interval_s)
     return Gateway(settings, profiles, Authenticator(keys), metrics, store, records,

@@ -36,6 +36,8 @@ from gateway.models import (
     PoolList,
     Readiness,
     Status,
+    Usage,
+    UsageList,
 )
 from gateway.models.batch import BatchAnswer, BatchCreate, BatchItem
 
@@ -99,6 +101,7 @@ HEADERS: dict[str, dict[str, Any]] = {
 ERRORS: dict[int, Answer] = {
     400: Answer("BadRequest: malformed JSON, or a malformed HTTP request", (ErrorResponse,)),
     401: Answer("Unauthorized: no API key, or an unknown one", (ErrorResponse,)),
+    403: Answer("Forbidden: the tenant may not do this", (ErrorResponse,)),
     404: Answer("InvocationNotFound, ArtifactNotFound: none of this tenant's",
                 (ErrorResponse,)),
     408: Answer("RequestTimeout: the request head or body came too slowly", (ErrorResponse,)),
@@ -107,9 +110,11 @@ ERRORS: dict[int, Answer] = {
                 "StorageQuotaExceeded: the tenant keeps its max_stored_bytes already",
                 (ErrorResponse,)),
     415: Answer("UnsupportedMediaType: the body must be application/json", (ErrorResponse,)),
-    422: Answer("InvalidInput (details lists each problem), ProfileNotFound, CallbackRefused",
-                (ErrorResponse,)),
-    429: Answer("QueueFull, TooManyFollowers (live logs)", (ErrorResponse,),
+    422: Answer("InvalidInput (details lists each problem), ProfileNotFound, CallbackRefused,"
+                " TtlTooLong (above the tenant's max_ttl_s)", (ErrorResponse,)),
+    429: Answer("QueueFull (the profile's queue), TenantQueueFull (the tenant's max_queued),"
+                " RateLimited (the tenant's rate_per_s), TooManyFollowers (live logs)",
+                (ErrorResponse,),
                 headers=("Retry-After",)),
     431: Answer("RequestHeadersTooLarge", (ErrorResponse,)),
     503: Answer("StorageUnavailable, ExecutorUnavailable, ShuttingDown", (ErrorResponse,),
@@ -223,6 +228,12 @@ def operations(sync_wait_s: float) -> dict[Endpoint, Operation]:
             "Runtime profiles", {200: Answer("The profiles", (ProfileList,))}),
         r.list_pools: Operation(
             "Warm pool state per profile", {200: Answer("The pools", (PoolList,))}),
+        r.get_usage: Operation(
+            "This tenant's usage in this replica (running, queued) and its limits",
+            {200: Answer("The usage", (Usage,))}),
+        r.get_all_usage: Operation(
+            "Every tenant's usage in this replica (operator tenants only)",
+            {200: Answer("Every configured tenant's usage", (UsageList,))}, errors=(403,)),
         r.healthz: Operation(
             "Liveness", {200: Answer("The process answers", (Health,))}, auth=False),
         r.readyz: Operation(

@@ -23,6 +23,7 @@ from gateway.config.profiles import ProfileList
 from gateway.dispatch.invoke import InvocationRequest
 from gateway.errors import (
     ArtifactNotFound,
+    Forbidden,
     InvalidInput,
     InvocationNotFound,
     JobgateError,
@@ -44,6 +45,7 @@ from gateway.models import (
     PoolList,
     Readiness,
     Status,
+    UsageList,
 )
 
 INV = "/v1/invocations"
@@ -267,7 +269,20 @@ async def list_profiles(request: Request) -> Response:
 async def list_pools(request: Request) -> Response:
     gw = gateway_of(request.app)
     _tenant(request)
-    return answer(PoolList(items=gw.executor.pools()))
+    return answer(PoolList(items=gw.service.pools()))
+
+
+async def get_usage(request: Request) -> Response:
+    gw = gateway_of(request.app)
+    return answer(await gw.service.usage(_tenant(request)))
+
+
+async def get_all_usage(request: Request) -> Response:
+    gw = gateway_of(request.app)
+    if _tenant(request) not in gw.settings.operator_tenants:
+        raise Forbidden("only the operator tenants (JOBGATE_OPERATOR_TENANTS) may see "
+                        "every tenant's usage")
+    return answer(UsageList(items=await gw.service.every_usage()))
 
 
 async def healthz(request: Request) -> Response:
@@ -300,9 +315,12 @@ async def metrics(request: Request) -> Response:
         gw.metrics.k8s_api_calls.labels(verb).set(count)
     for operation, count in gw.store.requests.items():
         gw.metrics.storage_requests.labels(operation).set(count)
-    for pool in gw.executor.pools():
+    for pool in gw.service.pools():
         for state in ("idle", "starting", "busy", "queued"):
             gw.metrics.pool_workers.labels(pool.profile, state).set(getattr(pool, state))
+    for label, (running, queued) in gw.service.usage_by_label().items():
+        gw.metrics.tenant_running.labels(label).set(running)
+        gw.metrics.tenant_queued.labels(label).set(queued)
     return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -326,6 +344,8 @@ ROUTES = [
           include_in_schema=False),
     Route("/v1/profiles", list_profiles, methods=["GET"]),
     Route("/v1/pools", list_pools, methods=["GET"]),
+    Route("/v1/usage", get_usage, methods=["GET"]),
+    Route("/v1/admin/usage", get_all_usage, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -58,6 +58,11 @@ class KeyRing:
     def empty(self) -> bool:
         return not self.entries
 
+    @property
+    def tenants(self) -> list[str]:
+        """The tenants requests can authenticate as (DEFAULT_TENANT, without keys)."""
+        return sorted({e.tenant for e in self.entries}) if self.entries else [DEFAULT_TENANT]
+
     def tenant_for(self, key: str) -> str | None:
         """The tenant of a presented key. Every entry is compared, match or not, so the
         time taken says nothing about which hash matched or how much of it."""

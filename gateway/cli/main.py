@@ -4,6 +4,7 @@
     jobgate invoke FILE [--profile P] [--async] [--input JSON] [--timeout S] [--stdin]
                         [-- ARGS...]
     jobgate get ID | logs [-f] ID | list | cancel ID | artifacts ID [--out DIR]
+    jobgate usage [--all]       (this tenant's usage and limits; --all: every tenant's)
     jobgate keys new TENANT | keys hash KEY
     jobgate mcp                 (the gateway's MCP tools over stdio)
 
@@ -195,6 +196,21 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE_COLUMNS = ("tenant", "running", "queued", "max_running", "max_queued", "rate_per_s",
+                 "burst", "max_ttl_s", "weight")
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    with _client() as client:
+        items = client.all_usage() if args.all else [client.usage()]
+    print("  ".join(f"{c:>11}" for c in USAGE_COLUMNS) + f"  (replica {items[0].replica})"
+          if items else "no tenants")
+    for item in items:
+        row = {**item.limits.model_dump(), **item.model_dump(exclude={"limits"})}
+        print("  ".join(f"{'-' if row[c] is None else row[c]:>11}" for c in USAGE_COLUMNS))
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "new":
         key = new_key()
@@ -243,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--out", help="download into this directory")
     p.set_defaults(func=cmd_artifacts)
+    p = sub.add_parser("usage", help="this tenant's running and queued calls, and its limits")
+    p.add_argument("--all", action="store_true",
+                   help="every tenant's (an operator tenant: JOBGATE_OPERATOR_TENANTS)")
+    p.set_defaults(func=cmd_usage)
     sub.add_parser("mcp", help="serve the gateway's MCP tools over stdio (docs/mcp.md)"
                    ).set_defaults(func=cmd_mcp)
     p = sub.add_parser("keys", help="make an API key, or hash one")

@@ -29,6 +29,7 @@ from gateway.models import (
     InvocationLogs,
     InvocationSummary,
     Status,
+    Usage,
 )
 
 T = TypeVar("T")
@@ -106,6 +107,14 @@ class AsyncClient:
 
     async def profiles(self) -> builtins.list[Profile]:
         return await self._run(operations.profiles(self.config))
+
+    async def usage(self) -> Usage:
+        """This tenant's usage in the replica that answers, and its limits."""
+        return await self._run(operations.usage(self.config))
+
+    async def all_usage(self) -> builtins.list[Usage]:
+        """Every tenant's usage (an operator tenant's key: JOBGATE_OPERATOR_TENANTS)."""
+        return await self._run(operations.all_usage(self.config))
 
     # -- the interpreter -----------------------------------------------------------------
 

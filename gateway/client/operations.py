@@ -29,6 +29,8 @@ from gateway.models import (
     InvocationSummary,
     Resources,
     Status,
+    Usage,
+    UsageList,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -230,3 +232,12 @@ def artifacts(config: Config, invocation_id: str) -> Operation[list[ArtifactLink
 def profiles(config: Config) -> Operation[list[Profile]]:
     answer = yield from send(Request("GET", "/v1/profiles"), config.retry)
     return parse(ProfileList, answer).items
+
+
+def usage(config: Config) -> Operation[Usage]:
+    return parse(Usage, (yield from send(Request("GET", "/v1/usage"), config.retry)))
+
+
+def all_usage(config: Config) -> Operation[list[Usage]]:
+    answer = yield from send(Request("GET", "/v1/admin/usage"), config.retry)
+    return parse(UsageList, answer).items

@@ -28,6 +28,7 @@ from gateway.models import (
     InvocationLogs,
     InvocationSummary,
     Status,
+    Usage,
 )
 
 T = TypeVar("T")
@@ -116,6 +117,14 @@ class Client:
 
     def profiles(self) -> builtins.list[Profile]:
         return self._run(operations.profiles(self.config))
+
+    def usage(self) -> Usage:
+        """This tenant's usage in the replica that answers, and its limits."""
+        return self._run(operations.usage(self.config))
+
+    def all_usage(self) -> builtins.list[Usage]:
+        """Every tenant's usage (an operator tenant's key: JOBGATE_OPERATOR_TENANTS)."""
+        return self._run(operations.all_usage(self.config))
 
     # -- the interpreter -----------------------------------------------------------------
 

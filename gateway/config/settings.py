@@ -178,6 +178,8 @@ class Settings(BaseSettings):
     # How often each replica lists the stored bytes of the tenants in use (the usage
     # ledger): how far another replica's writes may go unseen by this one's quota.
     usage_refresh_s: float = Field(2.0, gt=0, le=3600)
+    # Tenants that may read every tenant's usage (GET /v1/admin/usage, jobgate usage --all).
+    operator_tenants: Csv = Field(default_factory=list)
 
     # -- limits on what a client controls -----------------------------------------------
     max_request_bytes: int = Field(8 * MiB, gt=0)

@@ -1,6 +1,8 @@
-"""Admission of one invocation: validate against its profile (the plan) -> idempotency ->
-room (the executor's queue, the tenant's stored-bytes quota) -> persist the request and
-the record (durable from here, before any 202) -> hand it to the lifecycle."""
+"""Admission of one invocation: validate against its profile and the tenant's max TTL (the
+plan) -> idempotency -> the tenant's limits and room (its stored-bytes quota, its queue,
+its rate, the profile's queue) -> its turn in the fair share -> persist the request and
+the record (durable from here, before any 202) -> hand it to the lifecycle. A refused
+submission stores nothing."""
 
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from gateway.dispatch.lifecycle import Lifecycle
 from gateway.dispatch.live import LiveInvocation, LiveTable
 from gateway.dispatch.parts import Parts
 from gateway.dispatch.plan import Plan, make_plan
+from gateway.dispatch.tenant_gate import TenantGate
 from gateway.errors import (
     IdempotencyConflict,
     InvalidInput,
+    JobgateError,
     ShuttingDown,
-    StorageQuotaExceeded,
     StorageUnavailable,
+    TtlTooLong,
 )
 from gateway.ids import new_invocation_id, new_token
 from gateway.models import CallbackState, InvocationCreate, InvocationRecord
@@ -55,6 +59,7 @@ class Admission:
         self.lifecycle = lifecycle
         self.live = live
         self.idem_locks = KeyedLocks()
+        self.gate = TenantGate(parts.limits, parts.share)
         self.accepting = True
 
     async def admit(self, request: InvocationRequest
@@ -66,6 +71,11 @@ class Admission:
             raise ShuttingDown("the gateway is shutting down", retry_after=1)
         req, tenant, key = request.body, request.tenant, request.idempotency_key
         plan = make_plan(req, self.parts.profiles.get(req.profile), self.parts.settings)
+        try:
+            plan = self.gate.plan_for(tenant, req, plan)
+        except TtlTooLong as e:
+            self._refused(tenant, e)
+            raise
         if req.callback is not None:
             if req.callback.secret is not None:
                 try:
@@ -98,13 +108,17 @@ class Admission:
     async def _persist_and_start(self, request: InvocationRequest, plan: Plan,
                                  idempotency: tuple[str, str] | None
                                  ) -> tuple[InvocationRecord, LiveInvocation]:
-        req = request.body
-        self.parts.executor.check_room(plan.profile)
+        req, share = request.body, self.parts.share
         charge = admission_charge(request.raw)
         try:
+            # The quota first: it may list the store (an await). From the gate's check to
+            # the turn taken below nothing awaits, so concurrent admissions count each
+            # other. (A refusal after it leaves a charge counted until the next listing.)
             await self.parts.quota.reserve(request.tenant, charge)
-        except StorageQuotaExceeded:
-            self.parts.metrics.rejected.labels("StorageQuotaExceeded").inc()
+            self.gate.admit(request.tenant, plan.profile.name)
+            self.parts.executor.check_room(plan.profile)
+        except JobgateError as e:
+            self._refused(request.tenant, e)
             raise
         now = datetime.now(UTC)
         record = InvocationRecord(
@@ -114,13 +128,24 @@ class Admission:
             callback=None if req.callback is None else CallbackState(
                 url=req.callback.url, delivery_id=f"dlv_{new_token(12)}"),
         )
+        # The turn is taken before the write, so that concurrent admissions count each
+        # other against max_queued; a write that fails gives it back.
+        turn = share.enter(plan.profile.name, request.tenant)
         try:
             await self.parts.records.create(record, request.raw, idempotency,
                                             stored_bytes=charge)
-        except StorageUnavailable:
-            self.parts.metrics.rejected.labels("StorageUnavailable").inc()
+        except BaseException as e:
+            turn.close()
+            if isinstance(e, StorageUnavailable):
+                self.parts.metrics.rejected.labels("StorageUnavailable").inc()
             raise
-        self.parts.metrics.accepted.labels(record.profile, record.mode).inc()
-        live = self.lifecycle.start(record, plan, req)
+        metrics = self.parts.metrics
+        metrics.accepted.labels(record.profile, record.mode).inc()
+        metrics.tenant_admitted.labels(self.parts.tenants.label(record.tenant)).inc()
+        live = self.lifecycle.start(record, plan, req, turn)
         live.charged = charge
         return record, live
+
+    def _refused(self, tenant: str, error: JobgateError) -> None:
+        self.parts.metrics.tenant_refused.labels(self.parts.tenants.label(tenant),
+                                                 error.code).inc()

@@ -21,8 +21,9 @@ from gateway.dispatch.outputs import Outputs, choose_outputs
 from gateway.dispatch.parts import Parts
 from gateway.dispatch.recovery import Recovery
 from gateway.dispatch.retries import Reruns
+from gateway.dispatch.usage import by_label, every_usage, usage_of
 from gateway.executors.live_output import StreamName
-from gateway.models import ArtifactListing, InvocationRecord
+from gateway.models import ArtifactListing, InvocationRecord, PoolState, Usage
 from gateway.tenants.quota import StorageQuota
 
 log = logging.getLogger("jobgate.dispatch")
@@ -99,6 +100,22 @@ class Dispatcher:
         """Upload URLs for a worker's artifacts (its upload token, not an API key)."""
         return await self.outputs.presign_artifacts(token, invocation_id, listing, self.get)
 
+    async def usage(self, tenant: str) -> Usage:
+        return await usage_of(self.lifecycle.parts, tenant)
+
+    async def every_usage(self) -> list[Usage]:
+        return await every_usage(self.lifecycle.parts)
+
+    def usage_by_label(self) -> dict[str, tuple[int, int]]:
+        return by_label(self.lifecycle.parts)
+
+    def pools(self) -> list[PoolState]:
+        """The executor's pools; their ``queued`` counts the calls waiting for their turn
+        in the fair share too (they wait here, not in the executor)."""
+        share = self.lifecycle.parts.share
+        return [pool.model_copy(update={"queued": pool.queued + share.waiting(pool.profile)})
+                for pool in self.lifecycle.parts.executor.pools()]
+
     async def recover(self, *, at_start: bool = False) -> int:
         return await self.recovery.recover(at_start=at_start)
 
@@ -130,6 +147,7 @@ class Dispatcher:
         if pending:
             log.info("draining %d in-flight invocation(s), up to %.0fs", len(pending), grace_s)
             await asyncio.wait(pending, timeout=grace_s)
+        self.lifecycle.parts.share.freeze()
         for live in self.live.all():
             if live.task is not None and live.worker is None:
                 # Still queued: leave it pending in storage; the next start runs it.

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.dispatch.charges import settle
+from gateway.dispatch.fair_share import Turn
 from gateway.dispatch.live import LiveInvocation, LiveTable
 from gateway.dispatch.outputs import Outputs
 from gateway.dispatch.parts import Parts
@@ -61,11 +62,15 @@ class Lifecycle:
         if not self.waits_over.done():
             self.waits_over.set_result(None)
 
-    def start(self, record: InvocationRecord, plan: Plan, req: InvocationCreate
-              ) -> LiveInvocation:
+    def start(self, record: InvocationRecord, plan: Plan, req: InvocationCreate,
+              turn: Turn | None = None) -> LiveInvocation:
+        """Run the invocation in its turn of the fair share (admission's, or a new one:
+        recovered work queues like any other)."""
         live = LiveInvocation(record=record, plan=plan, request=req,
                               accepted_at=time.monotonic(),
-                              done=asyncio.get_running_loop().create_future())
+                              done=asyncio.get_running_loop().create_future(),
+                              turn=turn or self.parts.share.enter(plan.profile.name,
+                                                                  record.tenant))
         self.live.add(live)
         live.task = asyncio.create_task(self._run(live), name=f"invocation:{record.id}")
         return live
@@ -108,6 +113,8 @@ class Lifecycle:
         finally:
             if not live.abandoned:
                 await self.finish(live, live.worker, report)
+            if live.turn is not None:
+                live.turn.close()  # abandoned (shutdown), or finish failed
 
     async def _run_attempts(self, live: LiveInvocation) -> WorkerReport:
         """Attempt after attempt, while workers are lost through no fault of the code and
@@ -177,9 +184,12 @@ class Lifecycle:
         raise WorkerLost("no worker could be reached")
 
     async def _acquire(self, live: LiveInvocation) -> WorkerHandle:
-        """A worker for the invocation; while the executor is unavailable (its API
-        refusing or unreachable for a moment, as in a rollout), tried again with backoff
-        for up to EXECUTOR_RETRY_BUDGET_S: no code has run yet, so waiting is safe."""
+        """A worker for the invocation, in its turn of the fair share; while the executor
+        is unavailable (its API refusing or unreachable for a moment, as in a rollout),
+        tried again with backoff for up to EXECUTOR_RETRY_BUDGET_S: no code has run yet,
+        so waiting is safe."""
+        if live.turn is not None:
+            await live.turn.wait()
         started, delay = time.monotonic(), 0.25
         while True:
             try:
@@ -236,6 +246,8 @@ class Lifecycle:
                 await self.parts.executor.release(worker, report)
             except Exception:
                 log.exception("invocation %s: releasing worker %s failed", record.id, worker.id)
+        if live.turn is not None:
+            live.turn.close()  # the worker is back: the slot goes to the next in turn
         metrics.phase.labels(record.profile, "total").observe(total)
         metrics.invocations.labels(record.profile, record.status.value, record.mode).inc()
         if record.callback is not None:

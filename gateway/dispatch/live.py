@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from gateway.dispatch.fair_share import Turn
 from gateway.dispatch.plan import Plan
 from gateway.executors.base import WorkerHandle
 from gateway.executors.live_output import LiveOutput
@@ -29,6 +30,8 @@ class LiveInvocation:
     # What its admission charged the tenant's stored-bytes quota (0: not known, as for a
     # recovered one): its final usage entry is written only when it keeps more.
     charged: int = 0
+    # Its place in the profile's fair share (None: adopted by recovery, never queued here).
+    turn: Turn | None = None
     # Its output while it runs, for followers (empty unless someone follows).
     output: LiveOutput = field(default_factory=LiveOutput)
     # Record writes not waited for (the 'running' state): settled before any write that

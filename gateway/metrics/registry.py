@@ -21,6 +21,21 @@ class Metrics:
         self.rejected = Counter(
             "jobgate_invocations_rejected", "Invocations refused at admission", ["reason"],
             registry=r)
+        # Per tenant: the label is a configured tenant (API keys, tenant limits) or
+        # "other", never a name from a request (gateway/tenants/directory.py).
+        self.tenant_admitted = Counter(
+            "jobgate_tenant_admitted", "Invocations admitted, by tenant", ["tenant"],
+            registry=r)
+        self.tenant_refused = Counter(
+            "jobgate_tenant_refused", "Invocations refused at admission by a limit, by "
+            "tenant and reason (TenantQueueFull, RateLimited, QueueFull, TtlTooLong)",
+            ["tenant", "reason"], registry=r)
+        self.tenant_running = Gauge(
+            "jobgate_tenant_running", "Invocations holding a worker slot (claiming or "
+            "running a worker) in this replica, by tenant", ["tenant"], registry=r)
+        self.tenant_queued = Gauge(
+            "jobgate_tenant_queued", "Invocations waiting for a worker slot in this "
+            "replica, by tenant", ["tenant"], registry=r)
         self.phase = Histogram(
             "jobgate_invocation_phase_seconds",
             "Time per phase: queue (wait for a worker), start (assignment to code start), "

@@ -55,6 +55,7 @@ from gateway.models.status import (
     Reason,
     Status,
 )
+from gateway.models.usage import Usage, UsageLimits, UsageList
 
 __all__ = [
     'ENV_NAME',
@@ -98,5 +99,8 @@ __all__ = [
     'Status',
     'Timings',
     'UploadSpec',
+    'Usage',
+    'UsageLimits',
+    'UsageList',
     'WorkerReport',
 ]
