@@ -19,6 +19,7 @@ import boto3
 import httpx
 import pytest
 
+from tests.conftest import start_configured
 from tests.servers.seaweedfs import SeaweedFS
 from tests.support import KEY_A, KEY_B, GatewayProcess, invoke, wait_until
 
@@ -37,8 +38,10 @@ def writes_artifact(size: int = ARTIFACT) -> str:
 class Deployment:
     """Gateways of one configuration, and what their store holds, read from the store."""
 
-    def __init__(self, config: str, tmp: Path, seaweedfs: SeaweedFS | None):
+    def __init__(self, config: str, tmp: Path, seaweedfs: SeaweedFS | None,
+                 request: pytest.FixtureRequest | None = None):
         self.config, self.tmp, self.seaweedfs = config, tmp, seaweedfs
+        self.request = request  # for a Kubernetes gateway: the cluster's fixtures
         self.bucket = f"quota-{uuid.uuid4().hex[:10]}"
         self.gateways: list[GatewayProcess] = []
 
@@ -49,7 +52,14 @@ class Deployment:
         return env
 
     def start(self, name: str = "r1") -> GatewayProcess:
-        gw = GatewayProcess(self.tmp / name, env=self.env()).start(timeout_s=90)
+        if self.config == "kubernetes":
+            assert self.request is not None
+            work = self.tmp / name
+            work.mkdir()
+            gw = start_configured(self.request, "kubernetes", work, dict(ENV),
+                                  bucket=self.bucket)
+        else:
+            gw = GatewayProcess(self.tmp / name, env=self.env()).start(timeout_s=90)
         self.gateways.append(gw)
         return gw
 
@@ -76,6 +86,16 @@ class Deployment:
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
     seaweedfs = request.getfixturevalue("seaweedfs") if request.param == "s3" else None
     d = Deployment(request.param, tmp_path, seaweedfs)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(params=["local", "s3",
+                        pytest.param("kubernetes", marks=pytest.mark.cluster)])
+def any_deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """Local, S3, or the Kubernetes executor (workers upload to S3 themselves)."""
+    seaweedfs = request.getfixturevalue("seaweedfs") if request.param != "local" else None
+    d = Deployment(request.param, tmp_path, seaweedfs, request)
     yield d
     d.stop()
 
@@ -132,7 +152,8 @@ def held_back(answer: httpx.Response) -> bool:
 
 
 def test_stored_bytes_stop_at_the_quota_and_come_back_at_the_ttl(
-        deployment: Deployment) -> None:
+        any_deployment: Deployment) -> None:
+    deployment = any_deployment
     gw = deployment.start()
     ttl_s = 12
     answers = fill(gw, ttl_s=ttl_s)
