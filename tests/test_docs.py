@@ -84,3 +84,38 @@ def test_the_client_doc_live_logs_example(gateway: GatewayProcess, tmp_path: Pat
 def test_the_client_doc_is_linked() -> None:
     assert "(docs/client.md)" in (ROOT / "README.md").read_text()
     assert "(client.md)" in (ROOT / "docs" / "api.md").read_text()
+
+
+# -- README.md: the front doors, run as printed against a real gateway -------------------
+
+def _readme_front_doors() -> list[tuple[str, str]]:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("<!-- front-doors:begin -->", 1)[1].split(
+        "<!-- front-doors:end -->", 1)[0]
+    return re.findall(r"```(sh|python)\n(.*?)```", section, re.S)
+
+
+def test_the_readme_front_doors_run_as_printed(gateway: GatewayProcess,
+                                               tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    blocks = _readme_front_doors()
+    assert [lang for lang, _ in blocks] == ["sh", "sh", "sh", "python"]
+    env = {**os.environ, "JOBGATE_URL": gateway.url, "JOBGATE_API_KEY": KEY_A}
+    outputs = []
+    for lang, block in blocks:
+        argv = ["bash", "-euo", "pipefail", "-c", block] if lang == "sh" else \
+            [sys.executable, "-c", block]
+        p = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, f"this README example failed:\n{block}\n{p.stderr}"
+        outputs.append(p.stdout)
+    sync, batch, live, mcp = outputs
+    assert '"stdout":"42\\n"' in sync.replace(" ", "")
+    assert batch.count('"status_code":202') == 2
+    assert "event: output" in live and "start" in live and "done" in live
+    assert live.rstrip().splitlines()[-1].startswith("data:") and "event: end" in live
+    assert mcp == "42\n"
