@@ -192,3 +192,48 @@ def test_over_limit_submissions_are_refused_and_store_nothing(
             a.post(f"/v1/invocations/{inv}/cancel")
         wait_until(lambda: usage(a)["running"] == usage(a)["queued"] == 0,
                    message="A's counts back to zero")
+
+
+def test_two_replicas_on_one_bucket_each_hold_b_out_of_a_flood(
+        request: Any, tmp_path: Any) -> None:
+    """The same on two replicas sharing S3: A floods both, B's one call through either is
+    served within the bound (the fair share is each replica's, of its own workers)."""
+    import uuid
+
+    from tests.conftest import start_configured
+
+    bucket = f"two-{uuid.uuid4().hex[:8]}"
+    flood_each = FLOOD // 2
+    env = settings({"defaults": {"max_queued": FLOOD}}, JOBGATE_MAX_CONCURRENCY=str(SLOTS),
+                   JOBGATE_QUEUE_SIZE=str(2 * FLOOD))
+    replicas = []
+    try:
+        for name in ("r1", "r2"):
+            (tmp_path / name).mkdir()
+            replicas.append(start_configured(request, "s3", tmp_path / name, env,
+                                             bucket=bucket))
+
+        async def both() -> None:
+            floods = await asyncio.gather(*(
+                flood(gw.url, KEY_A, calls=flood_each, profile=PY, code=sleeper(RUN_S))
+                for gw in replicas))
+            assert all(i["status_code"] == 202 for items in floods for i in items)
+
+        with replicas[1].client(KEY_B) as b:
+            alone = statistics.median(timed_call(b, PY, sleeper(RUN_S))[0]
+                                      for _ in range(3))
+            asyncio.run(both())
+            for gw in replicas:
+                with gw.client(KEY_A) as a:
+                    assert usage(a)["queued"] > SLOTS * 10, "the flood was over too soon"
+            bound = RUN_S + 2 * alone + 1.0
+            for gw in replicas:
+                with gw.client(KEY_B) as b_here:
+                    latency, answer = timed_call(b_here, PY, sleeper(RUN_S))
+                print(f"\nreplica {gw.port}: B under A's flood {latency * 1000:.0f} ms "
+                      f"(alone {alone * 1000:.0f} ms, bound {bound * 1000:.0f} ms)")
+                assert answer["status"] == "succeeded", answer
+                assert latency <= bound, (latency, bound)
+    finally:
+        for gw in replicas:
+            gw.stop()
