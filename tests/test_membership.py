@@ -113,11 +113,11 @@ def make_service(records: InvocationStore, executor: Executor, membership: Membe
     metrics = Metrics()
     policy = CallbackPolicy([])
     deliverer = CallbackDeliverer(config, records, metrics, policy, ["s" * 32])
-    limits = LimitsTable()
+    limits, tenants = LimitsTable(), TenantDirectory([TENANT])
     quota = StorageQuota(records.usage, limits, metrics.tenant_stored_bytes,
-                         refresh_s=config.usage_refresh_s, named=())
+                         refresh_s=config.usage_refresh_s, tenants=tenants)
     parts = Parts(config, load_profiles(None), executor, records, metrics, membership,
-                  LimitsTable(), quota, TenantDirectory([TENANT]))
+                  limits, quota, tenants)
     return build_dispatcher(parts, deliverer, policy, UploadTokens("s" * 32))
 
 

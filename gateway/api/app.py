@@ -23,7 +23,7 @@ from gateway.api.openapi import build_openapi
 from gateway.api.routes import ROUTES
 from gateway.api.state import Gateway, attach, gateway_of
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.keys import DEFAULT_TENANT, KeyRing
+from gateway.auth.keys import KeyRing
 from gateway.auth.upload_tokens import UploadTokens
 from gateway.callbacks.delivery import CallbackDeliverer
 from gateway.callbacks.signing import secret_key
@@ -117,8 +117,7 @@ def build_gateway(settings: Settings, *, executor: Executor | None = None,
     deliverer = CallbackDeliverer(settings, records, metrics, policy, server_secrets)
     tenants = TenantDirectory([*limits.configured, *keys.tenants])
     quota = StorageQuota(records.usage, limits, metrics.tenant_stored_bytes,
-                         refresh_s=settings.usage_refresh_s,
-                         named=tenants.names or (DEFAULT_TENANT,))
+                         refresh_s=settings.usage_refresh_s, tenants=tenants)
     parts = Parts(settings, profiles, executor, records, metrics, membership, limits, quota,
                   tenants)
     service = build_dispatcher(parts, deliverer, policy, UploadTokens(server_secret))

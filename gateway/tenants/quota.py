@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +34,7 @@ from prometheus_client import Gauge
 from gateway.errors import StorageQuotaExceeded, StorageUnavailable
 from gateway.storage.usage import RESERVED, UsageLedger
 from gateway.supervise import every, forever
+from gateway.tenants.directory import OTHER, TenantDirectory
 from gateway.tenants.limits import LimitsTable
 
 log = logging.getLogger("jobgate.quota")
@@ -45,7 +45,6 @@ IDLE_REFRESH_S = 60.0
 # A tenant of no name (neither configured nor an API key's) not asked about for this
 # long is forgotten: their number is not bounded.
 FORGET_S = 600.0
-OTHER = "other"
 
 
 @dataclass
@@ -67,13 +66,15 @@ class _View:
 
 class StorageQuota:
     def __init__(self, ledger: UsageLedger, limits: LimitsTable, gauge: Gauge, *,
-                 refresh_s: float, named: Iterable[str]):
+                 refresh_s: float, tenants: TenantDirectory):
         self.ledger = ledger
         self.limits = limits
         self.gauge = gauge
         self.refresh_s = refresh_s
-        # Tenants the gauge names (configured or with API keys): a bounded set.
-        self.named = frozenset(named) | frozenset(limits.configured)
+        # Tenants the gauge names (configured or with API keys): a bounded set, labelled
+        # as every per-tenant metric is.
+        self.tenants = tenants
+        self.named = frozenset(tenants.names)
         self._views: dict[str, _View] = {}
 
     def limit(self, tenant: str) -> int | None:
@@ -143,8 +144,7 @@ class StorageQuota:
         per_label: dict[str, int] = dict.fromkeys(self.named, 0)
         per_label[OTHER] = 0
         for tenant, view in self._views.items():
-            label = tenant if tenant in self.named else OTHER
-            per_label[label] += view.total
+            per_label[self.tenants.label(tenant)] += view.total
         for label, value in per_label.items():
             self.gauge.labels(label).set(value)
 
