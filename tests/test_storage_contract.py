@@ -337,3 +337,30 @@ async def test_local_deletes_keep_the_directories_every_call_would_make_again(
     assert not (root / "_expiry" / "202612020300").exists()
     assert not (root / "t" / "inv_a").exists()
     assert await store.list_keys("") == []
+
+
+async def test_a_delete_added_while_a_flush_is_under_way_is_not_left_waiting(
+        tmp_path: Path) -> None:
+    """Keys added while a flush awaits its request go with the next round, with no
+    further add() to start one (idle afterwards, they would wait until shutdown)."""
+    from gateway.storage.deferred import DeferredDeletes
+
+    class HeldStore(LocalStore):
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.deleted: list[list[str]] = []
+            self.release = asyncio.Event()
+
+        async def delete_keys(self, keys: list[str]) -> None:
+            self.deleted.append(keys)
+            await self.release.wait()
+
+    store = HeldStore(tmp_path)
+    deferred = DeferredDeletes(store, every_s=0.05)
+    deferred.add("_pending/t/a")
+    await until_true(lambda: asyncio.sleep(0, store.deleted), bool, timeout_s=5)
+    deferred.add("_pending/t/b")  # the first flush still awaits its request
+    store.release.set()
+    await until_true(lambda: asyncio.sleep(0, store.deleted),
+                     lambda got: got == [["_pending/t/a"], ["_pending/t/b"]], timeout_s=5)
+    await deferred.close()

@@ -27,20 +27,20 @@ class DeferredDeletes:
         self._keys: dict[str, None] = {}  # insertion-ordered, without duplicates
         self._flusher: asyncio.Task[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def add(self, key: str) -> None:
         """Delete ``key`` within about ``every_s``, with the others due then."""
         self._keys[key] = None
-        while len(self._keys) > MAX_KEPT:
-            del self._keys[next(iter(self._keys))]
+        self._trim()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._later(), name="deferred-deletes")
 
     async def _later(self) -> None:
-        await asyncio.sleep(self._every_s)
-        await self.flush()
+        # Until nothing waits: keys added while a flush awaits its request, and keys a
+        # failed flush kept, go with the next round. (No await between the check and
+        # the end of the task, so an add() after it starts a new one.)
+        while self._keys:
+            await asyncio.sleep(self._every_s)
+            await self.flush()
 
     async def flush(self) -> None:
         """Delete everything due now; on failure they stay for the next flush."""
@@ -52,9 +52,11 @@ class DeferredDeletes:
         except (JobgateError, OSError) as e:
             log.warning("%d deferred delete(s) failed (%s); trying again later", len(keys), e)
             self._keys = {**dict.fromkeys(keys), **self._keys}
-            if self._flusher is None or self._flusher.done() \
-                    or self._flusher is asyncio.current_task():
-                self._flusher = asyncio.create_task(self._later(), name="deferred-deletes")
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._keys) > MAX_KEPT:
+            del self._keys[next(iter(self._keys))]
 
     async def close(self) -> None:
         """The last flush (at shutdown): nothing waits any more."""
