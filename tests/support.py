@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,11 @@ from typing import Any
 
 import httpx
 
+from tests.cluster.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = "jg_test_key_tenant_a_0123456789"
 KEY_B = "jg_test_key_tenant_b_0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def key_entry(tenant: str, key: str) -> str:

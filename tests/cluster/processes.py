@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import ssl
@@ -107,12 +108,23 @@ class ManagedProcess:
             self.popen.wait(timeout=5)
 
 
+# Ports for the servers the tests start: below the kernel's ephemeral range (32768-60999
+# here) and the Kubernetes NodePort range (30000-32767). A port bind(0) hands out is one
+# the kernel also gives outgoing connections, which may take it between the choice and the
+# server's own bind (seen: a gateway's "address already in use" in a CI run).
+SERVER_PORTS = range(20000, 30000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (the usual small race with other binders is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port of ``host`` free right now, from SERVER_PORTS (a bounded number of tries)."""
+    for port in random.sample(SERVER_PORTS, 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port of {host} in {SERVER_PORTS}")
 
 
 def wait_for(
