@@ -985,6 +985,12 @@ def _run_python_inprocess(argv: list[str], env: dict[str, str], workspace: str) 
     sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    # What the runner holds (its preloaded modules, what it made for this run) is kept
+    # for good in this process, never walked by the collector: without this, every process
+    # the code forks walked and so copied it all, page by page, at its first collection
+    # (2.4 MB a fork in a worker pod: a fork bomb filled 2 GiB before the pod's
+    # 1024-process limit could stop it). Children of the code share those pages instead.
+    gc.freeze()
     code = 0
     try:
         _exec_as_main(script)
