@@ -106,9 +106,12 @@ async def _left(store: ObjectStore) -> int:
         after = keys[-1]
 
 
-def _median_ms(client: httpx.Client, params: dict[str, Any]) -> float:
+def _median_ms(client: httpx.Client, params: dict[str, Any],
+               before_each: Callable[[], None] | None = None) -> float:
     samples = []
     for _ in range(15):
+        if before_each is not None:
+            before_each()
         started = time.perf_counter()
         answer = client.get("/v1/invocations", params=params)
         samples.append((time.perf_counter() - started) * 1000)
@@ -116,8 +119,19 @@ def _median_ms(client: httpx.Client, params: dict[str, Any]) -> float:
     return statistics.median(samples)
 
 
-def _pages(client: httpx.Client, count: int) -> dict[str, Any]:
+def _pages(client: httpx.Client, count: int, tenant_dir: Path | None) -> dict[str, Any]:
     first = _median_ms(client, {"limit": 20})
+    written: dict[str, Any] = {}
+    if tenant_dir is not None:
+        # Local storage keeps a listing while the tenant's directory is unchanged: under
+        # writes (one entry added and removed before each request) every page lists it.
+        def change() -> None:
+            entry = tenant_dir / "inv_zzzzzzzzzzzzzzzzzzzz"
+            entry.mkdir()
+            entry.rmdir()
+
+        written = {"first_page_written_p50_ms": round(
+            _median_ms(client, {"limit": 20}, change), 1)}
     cursor, walked = None, 0
     while walked + 200 <= count * 9 // 10:
         page = client.get("/v1/invocations", params={
@@ -126,8 +140,8 @@ def _pages(client: httpx.Client, count: int) -> dict[str, Any]:
         if not cursor:
             break
     deep = _median_ms(client, {"limit": 20, **({"cursor": cursor} if cursor else {})})
-    return {"first_page_p50_ms": round(first, 1), "deep_page_p50_ms": round(deep, 1),
-            "deep_after": walked}
+    return {"first_page_p50_ms": round(first, 1), **written,
+            "deep_page_p50_ms": round(deep, 1), "deep_after": walked}
 
 
 def measure(count: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -144,8 +158,10 @@ def measure(count: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         gateway.start(timeout_s=120)
         try:
             with gateway.client(timeout=120) as client:
+                local = env.get("JOBGATE_STORAGE", "local") == "local"
+                tenant_dir = work / "data" / "objects" / TENANT if local else None
                 return {"invocations": count, "seeded_s": round(seeded_s, 1),
-                        **_pages(client, count)}
+                        **_pages(client, count, tenant_dir)}
         finally:
             gateway.stop()
     finally:

@@ -122,8 +122,10 @@ def growth_lines(growth: dict[str, Any] | None, heading: str = "## How it grows"
         out += [f"`GET /v1/invocations` at 20 a page over N finished invocations on "
                 f"{growth.get('storage')} storage (seeded through the store; medians of 15; "
                 "`python -m bench.growth`):", "",
-                *_table(["stored", "first page p50", "a page 90 % deep p50", "seeded in"],
+                *_table(["stored", "first page p50", "first page, just written, p50",
+                         "a page 90 % deep p50", "seeded in"],
                         [[f"{g['invocations']:,}", _f(g["first_page_p50_ms"], " ms"),
+                          _f(g.get("first_page_written_p50_ms"), " ms"),
                           _f(g["deep_page_p50_ms"], " ms"), _f(g["seeded_s"], " s")]
                          for g in growth["list"]]), ""]
     jan = growth.get("janitor")

@@ -16,6 +16,7 @@ from pathlib import Path
 from gateway.errors import ChecksumMismatch, ObjectNotFound, StorageUnavailable
 from gateway.paths import path_problem
 from gateway.storage.base import ObjectInfo, ObjectStore
+from gateway.storage.listings import DirectoryListings
 from gateway.storage.records import CALLBACKS, IDEMPOTENCY, PENDING
 from gateway.storage.usage import USAGE
 
@@ -29,6 +30,9 @@ class LocalStore(ObjectStore):
     def __init__(self, root: Path):
         self.root = Path(root).resolve() / "objects"
         self._tmp = Path(root).resolve() / "tmp"
+        # A tenant's directory holds one entry per stored invocation: its sorted listing
+        # is kept while the directory is unchanged, so paging does not list it again.
+        self._listings = DirectoryListings()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare)
@@ -185,18 +189,9 @@ class LocalStore(ObjectStore):
     async def list_children(self, prefix: str, *, start_after: str | None = None,
                             limit: int = 1000) -> list[str]:
         parts = [p for p in prefix.split("/") if p]
-        path = self.root.joinpath(*parts)
-
-        def names() -> list[str]:
-            try:
-                return sorted(os.listdir(path))
-            except (FileNotFoundError, NotADirectoryError):
-                return []
-
-        children = await asyncio.to_thread(names)
-        if start_after:
-            children = [c for c in children if c > start_after]
-        return children[:limit]
+        path = str(self.root.joinpath(*parts))
+        return await asyncio.to_thread(self._listings.children, path,
+                                       start_after=start_after, limit=limit)
 
     # -- deletes ------------------------------------------------------------------------
 
