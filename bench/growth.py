@@ -35,6 +35,7 @@ from gateway.ids import new_invocation_id
 from gateway.models import InvocationRecord, Status
 from gateway.storage import make_store
 from gateway.storage.base import ObjectStore
+from gateway.storage.local import LocalStore
 from gateway.storage.records import InvocationStore
 from tests.support import KEY_A, GatewayProcess
 
@@ -159,7 +160,7 @@ def measure(count: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             with gateway.client(timeout=120) as client:
                 local = env.get("JOBGATE_STORAGE", "local") == "local"
-                tenant_dir = work / "data" / "objects" / TENANT if local else None
+                tenant_dir = LocalStore(work / "data").root / TENANT if local else None
                 return {"invocations": count, "seeded_s": round(seeded_s, 1),
                         **_pages(client, count, tenant_dir)}
         finally:

@@ -17,6 +17,15 @@ def _age(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - AN_HOUR_AGO_NS))
 
 
+def _aged_directory(path: Path, names: list[str]) -> Path:
+    """``path`` made with an entry for each of ``names``, aged: its listing is kept."""
+    path.mkdir(exist_ok=True)
+    for name in names:
+        (path / name).mkdir()
+    _age(path)
+    return path
+
+
 def _expected(path: Path, start_after: str | None, limit: int) -> list[str]:
     return [n for n in sorted(os.listdir(path)) if not start_after or n > start_after][:limit]
 
@@ -62,9 +71,7 @@ def test_a_change_right_after_a_listing_is_seen(tmp_path: Path) -> None:
 
 
 def test_a_kept_listing_follows_later_changes(tmp_path: Path) -> None:
-    for i in range(10):
-        (tmp_path / f"b{i}").mkdir()
-    _age(tmp_path)
+    _aged_directory(tmp_path, [f"b{i}" for i in range(10)])
     listings = DirectoryListings()
     assert listings.children(str(tmp_path), start_after=None, limit=3) == ["b0", "b1", "b2"]
     assert listings.held_names == 10
@@ -77,17 +84,9 @@ def test_a_kept_listing_follows_later_changes(tmp_path: Path) -> None:
 def test_what_is_kept_is_bounded(tmp_path: Path) -> None:
     listings = DirectoryListings(max_names=25)
     for d in range(4):
-        sub = tmp_path / f"d{d}"
-        sub.mkdir()
-        for i in range(10):
-            (sub / f"n{i}").mkdir()
-        _age(sub)
+        sub = _aged_directory(tmp_path / f"d{d}", [f"n{i}" for i in range(10)])
         assert listings.children(str(sub), start_after="n4", limit=2) == ["n5", "n6"]
         assert listings.held_names <= 25
-    big = tmp_path / "big"
-    big.mkdir()
-    for i in range(30):
-        (big / f"n{i:02d}").mkdir()
-    _age(big)
+    big = _aged_directory(tmp_path / "big", [f"n{i:02d}" for i in range(30)])
     assert listings.children(str(big), start_after="n27", limit=5) == ["n28", "n29"]
     assert listings.held_names <= 25
