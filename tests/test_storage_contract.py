@@ -243,24 +243,62 @@ async def test_invocation_create_load_list(store: ObjectStore) -> None:
     assert sorted(await inv.pending()) == sorted((r.tenant, r.id) for r in recs)
 
 
-async def test_the_request_is_kept_in_the_pending_marker_and_read_from_the_old_layout(
+async def test_the_record_and_request_are_kept_in_the_pending_marker_and_old_layouts_read(
         store: ObjectStore) -> None:
     inv = InvocationStore(store)
-    new, old = record("tenant-a"), record("tenant-a")
+    new, second, first = record("tenant-a"), record("tenant-a"), record("tenant-a")
     await inv.create(new, b'{"profile": "bash"}')
-    assert await store.get(f"_pending/tenant-a/{new.id}") == b'{"profile": "bash"}'
-    assert not [k for k in await store.list_keys(f"tenant-a/{new.id}/") if "request" in k]
-    # What a gateway of the earlier layout left: an empty marker and request.json.
+    # One object for the record as accepted and the request; nothing of its own yet.
+    assert await store.list_keys(f"tenant-a/{new.id}/") == []
+    assert await inv.load_request("tenant-a", new.id) == b'{"profile": "bash"}'
+    assert (await inv.load("tenant-a", new.id)).model_dump() == new.model_dump()
+    listed, _ = await inv.list_page("tenant-a", status=Status.queued, profile=None,
+                                    cursor=None, limit=10)
+    assert [r.id for r in listed] == [new.id]
+    # What gateways of the earlier layouts left: the request alone in the marker, and
+    # before that an empty marker with request.json; both beside a record.json.
     later = datetime.now(UTC) + timedelta(hours=1)
-    await store.put(f"_pending/tenant-a/{old.id}", b"", expires_at=later)
-    await store.put(f"tenant-a/{old.id}/request.json", b'{"profile": "node20"}',
+    await store.put(f"_pending/tenant-a/{second.id}", b'{"profile": "node20"}',
                     expires_at=later)
-    assert await inv.load_request("tenant-a", old.id) == b'{"profile": "node20"}'
+    await store.put(f"_pending/tenant-a/{first.id}", b"", expires_at=later)
+    await store.put(f"tenant-a/{first.id}/request.json", b'{"profile": "python3.12"}',
+                    expires_at=later)
+    for old in (second, first):
+        await inv.save(old)
+        assert (await inv.load("tenant-a", old.id)).id == old.id
+    assert await inv.load_request("tenant-a", second.id) == b'{"profile": "node20"}'
+    assert await inv.load_request("tenant-a", first.id) == b'{"profile": "python3.12"}'
+    listed, _ = await inv.list_page("tenant-a", status=None, profile=None, cursor=None,
+                                    limit=10)
+    assert sorted(r.id for r in listed) == sorted([new.id, second.id, first.id])
     new.status = Status.succeeded
     await inv.finish(new)
     await inv.close()  # the marker's delete may wait for others: done by now
     with pytest.raises(ObjectNotFound):
         await inv.load_request("tenant-a", new.id)
+    assert (await inv.load("tenant-a", new.id)).status == Status.succeeded
+
+
+async def test_a_page_merges_stored_and_only_accepted_invocations_in_order(
+        store: ObjectStore) -> None:
+    """Ids with a record.json and ids only in a pending marker page as one list."""
+    inv = InvocationStore(store)
+    base_ms = 1_700_000_000_000
+    recs = [record("tenant-a", created_ms=base_ms + n) for n in range(7)]
+    for n, r in enumerate(recs):
+        await inv.create(r, b"{}")
+        if n % 2:
+            r.status = Status.running
+            await inv.save(r)  # claimed a worker: a record.json of its own
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        page, cursor = await inv.list_page("tenant-a", status=None, profile=None,
+                                           cursor=cursor, limit=3)
+        seen += [r.id for r in page]
+        if cursor is None:
+            break
+    assert seen == [r.id for r in reversed(recs)]  # newest first, each once
 
 
 async def test_finished_invocations_markers_go_together_and_a_lost_delete_is_redone(

@@ -10,7 +10,9 @@ one prefix per tenant and invocation, so it is deleted in one sweep:
 Beside it, small indexes, each an object per entry so any replica can read them:
 
     _pending/{tenant}/{id}           accepted and not finished: recovered after a crash;
-                                     it holds the accepted request (what recovery runs)
+                                     it holds the record as accepted and the request
+                                     (what recovery runs): until the code is claimed a
+                                     worker, there is no record.json (one object fewer)
     _callbacks/{tenant}/{id}         a callback not yet delivered (its owner, its secret)
     _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
     _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
@@ -46,6 +48,22 @@ TEXT = "text/plain; charset=utf-8"
 BINARY = "application/octet-stream"
 # Output up to this size (stdout and stderr together, UTF-8) is kept inside the record.
 INLINE_OUTPUT_BYTES = 16 * 1024
+# A pending marker of this layout: this line, the record as accepted (JSON, one line),
+# a newline, then the request's bytes as the client sent them. Earlier layouts: the
+# request alone (a JSON object), or nothing (request.json beside the record).
+PENDING_V2 = b"jobgate-pending/2\n"
+
+
+def pending_body(record_json: bytes, request_body: bytes) -> bytes:
+    return PENDING_V2 + record_json + b"\n" + request_body
+
+
+def split_pending(body: bytes) -> tuple[bytes | None, bytes]:
+    """(the record as accepted, or None in an earlier layout; the request)."""
+    if not body.startswith(PENDING_V2):
+        return None, body
+    record_json, _, request_body = body[len(PENDING_V2):].partition(b"\n")
+    return record_json, request_body
 
 
 def _bucket(at: datetime) -> str:
@@ -126,16 +144,19 @@ class InvocationStore:
         t, i = record.tenant, record.id
         marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
         extra_keys = []
-        # The request rides in the pending marker: only recovery reads it, and only
-        # while the marker exists (one object fewer to write per invocation).
-        items = [(self._entry(PENDING, t, i), request_body, JSON)]
+        # The record as accepted and the request ride in the pending marker: one object
+        # for both, written at once (a crash cannot keep one without the other), and no
+        # record.json until there is more to say (the worker claimed: 'running').
+        # Readers of a record fall back to the marker (load); the list merges markers in.
+        _, record_json, _ = self._record_item(record)
+        items = [(self._entry(PENDING, t, i), pending_body(record_json, request_body),
+                  BINARY)]
         if idempotency is not None:
             key_hash, body_hash = idempotency
             idem_key = self._entry(IDEMPOTENCY, t, key_hash)
             extra_keys.append(idem_key)
             items.append((idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
         items.append((marker, orjson.dumps({"keys": extra_keys}), JSON))
-        items.append(self._record_item(record))
         if stored_bytes is not None:
             items.append((entry_key(t, i, ADMITTED, exp, stored_bytes), b"", BINARY))
         await self._store.put_many(items, expires_at=exp)
@@ -201,13 +222,25 @@ class InvocationStore:
         try:
             raw = await self._store.get(self.key(tenant, invocation_id, "record.json"))
         except (ObjectNotFound, ValueError):
-            raise InvocationNotFound(f"no invocation {invocation_id!r}") from None
+            raw = await self._accepted_record(tenant, invocation_id)
         record = InvocationRecord.model_validate_json(raw)
         if not with_logs:
             record.stdout = record.stderr = None
         elif record.status.terminal and record.stdout is None:  # not inline: its objects
             record.stdout, record.stderr = await self._logs(tenant, invocation_id)
         return record
+
+    async def _accepted_record(self, tenant: str, invocation_id: str) -> bytes:
+        """The record as accepted, from the pending marker of an invocation not yet
+        claimed a worker (InvocationNotFound: none)."""
+        try:
+            record_json, _ = split_pending(await self._store.get(
+                self._entry(PENDING, tenant, invocation_id)))
+        except (ObjectNotFound, ValueError):
+            record_json = None
+        if record_json is None:
+            raise InvocationNotFound(f"no invocation {invocation_id!r}")
+        return record_json
 
     async def _logs(self, tenant: str, invocation_id: str) -> tuple[str, str]:
         async def one(name: str) -> str:
@@ -222,8 +255,9 @@ class InvocationStore:
 
     async def load_request(self, tenant: str, invocation_id: str) -> bytes:
         """The accepted request of an unfinished invocation (ObjectNotFound: none)."""
-        body = await self._store.get(self._entry(PENDING, tenant, invocation_id))
-        if not body:  # the earlier layout: an empty marker, request.json beside the record
+        _, body = split_pending(await self._store.get(
+            self._entry(PENDING, tenant, invocation_id)))
+        if not body:  # the first layout: an empty marker, request.json beside the record
             body = await self._store.get(self.key(tenant, invocation_id, "request.json"))
         return body
 
@@ -249,9 +283,7 @@ class InvocationStore:
             # Unfiltered, every record read is one returned: read no more than the page
             # needs (reading 200 for a page of 20 made the first page cost 10x).
             wanted = min(budget, 200) if filtered else min(budget, limit - len(found))
-            ids = await self._store.list_children(f"{tenant}/", start_after=scanned_last,
-                                                 limit=wanted)
-            ids = [i for i in ids if i.startswith("inv_")]
+            ids = await self._ids_after(tenant, scanned_last, wanted)
             if not ids:
                 return found, None
             records = await asyncio.gather(*(load(i) for i in ids))
@@ -268,6 +300,19 @@ class InvocationStore:
                 if len(found) == limit:
                     return found, scanned_last
         return found, scanned_last
+
+    async def _ids_after(self, tenant: str, after: str | None, limit: int) -> list[str]:
+        """The tenant's next ``limit`` invocation ids after ``after``, in order: those with
+        objects of their own and those only accepted (a pending marker, no record.json
+        yet). Both lists are in the same order, so their merge's first ``limit`` are."""
+        index = f"{PENDING}/{tenant}/"
+        stored, accepted = await asyncio.gather(
+            self._store.list_children(f"{tenant}/", start_after=after, limit=limit),
+            self._store.list_keys(index, start_after=index + after if after else None,
+                                  limit=limit))
+        ids = {i for i in stored if i.startswith("inv_")}
+        ids.update(key[len(index):] for key in accepted if key[len(index):].startswith("inv_"))
+        return sorted(ids)[:limit]
 
     # -- indexes ------------------------------------------------------------------------
 
