@@ -197,7 +197,8 @@ def measure_janitor(count: int, env: Mapping[str, str] | None = None,
 
 
 def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
-                   timeout_s: float = 3600) -> dict[str, Any]:
+                   timeout_s: float = 3600, say: Callable[[str], None] = print
+                   ) -> dict[str, Any]:
     """``calls`` sync print(1) invocations through a pooled local gateway, each with an
     Idempotency-Key of its own, ``clients`` at a time; the gateway's RSS sampled
     ``samples`` times on the way. Bounded tables (keys, locks, task sets, label sets)
@@ -213,8 +214,16 @@ def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
     gateway.start(timeout_s=120)
     assert gateway.proc is not None
     pid, every = gateway.proc.pid, max(1, calls // samples)
-    trace: list[dict[str, Any]] = [{"after_invocations": 0, "rss_mb": rss_mb(pid)}]
+    trace: list[dict[str, Any]] = []
     failed = 0
+
+    async def sample(client: httpx.AsyncClient, n: int) -> None:
+        """RSS, and the metric series the gateway exports (a label set per series)."""
+        text = (await client.get("/metrics")).text
+        series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        trace.append({"after_invocations": n, "rss_mb": rss_mb(pid),
+                      "metric_series": series})
+        say(f"growth: memory {trace[-1]}")
 
     async def drive() -> None:
         nonlocal failed
@@ -223,6 +232,8 @@ def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
         taken = 0
         async with httpx.AsyncClient(base_url=gateway.url, headers=headers,
                                      timeout=60) as client:
+            await sample(client, 0)
+
             async def caller() -> None:
                 nonlocal taken, failed
                 while taken < calls and time.monotonic() < deadline:
@@ -234,11 +245,11 @@ def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
                     if answer.status_code != 200 or answer.json().get("stdout") != "1\n":
                         failed += 1
                     if n % every == 0:
-                        trace.append({"after_invocations": n, "rss_mb": rss_mb(pid)})
+                        await sample(client, n)
 
             await asyncio.gather(*(caller() for _ in range(clients)))
-        if trace[-1]["after_invocations"] != taken:
-            trace.append({"after_invocations": taken, "rss_mb": rss_mb(pid)})
+            if trace[-1]["after_invocations"] != taken:
+                await sample(client, taken)
 
     started = time.monotonic()
     try:
@@ -282,7 +293,7 @@ def main() -> None:
                         help="instead: the gateway's memory over this many invocations")
     args = parser.parse_args()
     if args.calls:
-        print(measure_memory(args.calls))
+        print(measure_memory(args.calls, say=lambda line: print(line, flush=True)))
         return
     if not args.s3:
         measure_all(args.sizes, args.janitor)
