@@ -268,8 +268,63 @@ def test_an_invocation_counts_as_its_final_entry_else_admission_plus_largest_res
         entry_key("t", "inv_2", "r", later, 900),
         entry_key("t", "inv_3", "s", past, 10**9),  # expired: counts nothing
         "_usage/t/not-an-entry",
+        entry_key("t", "inv_10", "a", later, 50),  # lists between inv_1's? no: before
     ]
-    found = tally(sorted(keys), now.timestamp())
-    assert found.total == 3000 + 200 + 900
-    assert found.invocations == 2
+    found = tally(sorted(keys), now.timestamp())  # in listing order, as stores list
+    assert found.total == 3000 + 200 + 900 + 50
+    assert found.invocations == 3
     assert sorted(found.garbage) == sorted([keys[0], keys[1], keys[6]])
+
+
+async def test_a_tenant_is_listed_for_its_limit_only_and_less_often_when_listing_costs(
+        tmp_path: Path) -> None:
+    """A tenant with no stored-bytes limit (``max_stored_bytes: null``; the default is
+    10 GiB) is not listed on its calls (its total is listed when asked), and a tenant whose listing is slow is listed less often than
+    every refresh: at most a tenth of the time goes to listing."""
+    import asyncio
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from gateway.storage.local import LocalStore
+    from gateway.storage.usage import ADMITTED, UsageLedger
+    from gateway.tenants.directory import TenantDirectory
+    from gateway.tenants.limits import LimitsTable, TenantLimits
+    from gateway.tenants.quota import StorageQuota
+
+    class CountingLedger(UsageLedger):
+        listed: Counter[str] = Counter()
+        cost_s = 0.0
+
+        async def total(self, tenant: str, now: datetime) -> int:
+            self.listed[tenant] += 1
+            await asyncio.sleep(self.cost_s)
+            return await super().total(tenant, now)
+
+    store = LocalStore(tmp_path)
+    await store.start()
+    ledger = CountingLedger(store)
+    limits = LimitsTable(tenants={"tenant-a": TenantLimits(max_stored_bytes=10**9),
+                                  "tenant-b": TenantLimits(max_stored_bytes=None)})
+    gauge = Gauge("stored", "stored", ["tenant"], registry=CollectorRegistry())
+    quota = StorageQuota(ledger, limits, gauge, refresh_s=0.01,
+                         tenants=TenantDirectory(["tenant-a", "tenant-b"]))
+    for _ in range(10):
+        await quota.reserve("tenant-a", 10)
+        await quota.reserve("tenant-b", 10)
+        await asyncio.sleep(0.03)  # each time past the refresh
+    assert ledger.listed["tenant-b"] == 0
+    assert ledger.listed["tenant-a"] >= 3  # its limit is checked against fresh listings
+    await ledger.record("tenant-b", "inv_1", ADMITTED, datetime.now(UTC) + timedelta(hours=1),
+                        500)
+    assert await quota.used("tenant-b") == 500  # asked: listed then
+
+    ledger.cost_s = 0.05  # a listing now takes 50 ms: listed at most every 0.5 s
+    await asyncio.sleep(0.03)
+    await quota.reserve("tenant-a", 10)
+    ledger.listed.clear()
+    for _ in range(10):
+        await quota.reserve("tenant-a", 10)
+        await asyncio.sleep(0.03)
+    assert ledger.listed["tenant-a"] <= 1, ledger.listed

@@ -26,6 +26,7 @@ under-count but for the final record's own gather. The cost is one listing reque
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -78,19 +79,19 @@ class Tally:
     garbage: list[str]
 
 
-def tally(keys: list[str], now_epoch: float) -> Tally:
-    per_invocation: dict[str, list[Entry]] = {}
+def tally(keys: Iterable[str], now_epoch: float) -> Tally:
+    """The total of ``keys`` in listing order (lexicographic), where an invocation's
+    entries are adjacent (they share the prefix ``{id}~``): one invocation's entries are
+    held at a time, not the whole listing's (10^5 kept invocations held ~70 MB)."""
+    total = invocations = 0
     garbage: list[str] = []
-    for key in keys:
-        entry = parse_entry(key)
-        if entry is None:
-            continue
-        if entry.expires_epoch <= now_epoch:
-            garbage.append(key)
-        else:
-            per_invocation.setdefault(entry.invocation_id, []).append(entry)
-    total = 0
-    for entries in per_invocation.values():
+    group: list[Entry] = []
+
+    def count(entries: list[Entry]) -> None:
+        nonlocal total, invocations
+        if not entries:
+            return
+        invocations += 1
         stored = [e for e in entries if e.kind == STORED]
         if stored:
             final = max(stored, key=lambda e: e.nbytes)
@@ -99,7 +100,20 @@ def tally(keys: list[str], now_epoch: float) -> Tally:
         else:
             total += sum(e.nbytes for e in entries if e.kind == ADMITTED)
             total += max((e.nbytes for e in entries if e.kind == RESERVED), default=0)
-    return Tally(total, len(per_invocation), garbage)
+
+    for key in keys:
+        entry = parse_entry(key)
+        if entry is None:
+            continue
+        if entry.expires_epoch <= now_epoch:
+            garbage.append(key)
+            continue
+        if group and group[0].invocation_id != entry.invocation_id:
+            count(group)
+            group = []
+        group.append(entry)
+    count(group)
+    return Tally(total, invocations, garbage)
 
 
 class UsageLedger:
@@ -112,7 +126,8 @@ class UsageLedger:
                               b"", expires_at=expires_at)
 
     async def total(self, tenant: str, now: datetime) -> int:
-        """The tenant's stored bytes now, from one listing of its entries."""
+        """The tenant's stored bytes now, from one listing of its entries (in key order,
+        as every store lists: what ``tally`` needs)."""
         keys = await self._store.list_keys(f"{USAGE}/{tenant}/", limit=MAX_ENTRIES)
         found = tally(keys, now.timestamp())
         if found.garbage:

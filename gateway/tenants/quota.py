@@ -11,7 +11,11 @@ brings in what the other replicas stored and what expired. So:
 - with N replicas, a tenant can go past its quota by what the other N-1 store for it
   between two listings (at most ``2 * refresh_s`` apart), never by more than N-1 times its
   free room at the last listing;
-- bytes come back at the invocation's TTL, seen by each replica at its next listing.
+- bytes come back at the invocation's TTL, seen by each replica at its next listing;
+- a listing costs one request per 1,000 kept invocations: a tenant is listed at most every
+  LISTING_SHARE_INVERSE times as long as its last listing took (so "2 * refresh_s" above
+  grows with what the tenant keeps), and a tenant with no limit is listed only for its
+  gauge and its /v1/usage (every IDLE_REFRESH_S, and when asked), not on every call.
 
 Nothing needs compare-and-swap (SeaweedFS has conditional PUTs, not every S3-compatible
 store does), and a crash loses nothing: the ledger is in the store, and a restarted
@@ -45,6 +49,10 @@ IDLE_REFRESH_S = 60.0
 # A tenant of no name (neither configured nor an API key's) not asked about for this
 # long is forgotten: their number is not bounded.
 FORGET_S = 600.0
+# A tenant's listing takes at most this share of the time: listed at most every
+# LISTING_SHARE_INVERSE times as long as its last listing took (at 10^5 kept invocations
+# a listing is 100 requests on S3; every 2 s it would never stop).
+LISTING_SHARE_INVERSE = 10
 
 
 @dataclass
@@ -53,7 +61,9 @@ class _View:
 
     base: int | None = None  # what the last listing found (None: never listed)
     listed_at: float = 0.0  # when that listing began (monotonic)
-    read_at: float = 0.0
+    listing_s: float = 0.0  # how long it took
+    read_at: float = 0.0  # when its total was last asked for (a limit, /v1/usage)
+    charged_at: float = 0.0  # when this replica last charged it
     # What this replica charged since: (when, bytes). Charges made while a listing runs
     # are kept after it (it may have missed them): counted twice at worst, until the next.
     added: list[tuple[float, int]] = field(default_factory=list)
@@ -81,12 +91,17 @@ class StorageQuota:
         """The tenant's ``max_stored_bytes`` (None: no bound)."""
         return self.limits.of(tenant).max_stored_bytes
 
+    def _interval(self, view: _View) -> float:
+        """How often the tenant is listed while in use: every ``refresh_s``, or less
+        often when a listing costs more than its share of the time."""
+        return max(self.refresh_s, LISTING_SHARE_INVERSE * view.listing_s)
+
     async def used(self, tenant: str) -> int:
         """The tenant's stored bytes as this replica knows them (see the module's
         docstring for how exact): listed now if the last listing is too old."""
         view = self._views.setdefault(tenant, _View())
         view.read_at = time.monotonic()
-        if view.base is None or time.monotonic() - view.listed_at > 2 * self.refresh_s:
+        if view.base is None or time.monotonic() - view.listed_at > 2 * self._interval(view):
             try:
                 await self._refresh(tenant, view)
             except StorageUnavailable:
@@ -98,10 +113,17 @@ class StorageQuota:
 
     async def reserve(self, tenant: str, nbytes: int) -> None:
         """Count ``nbytes`` more for the tenant, or raise StorageQuotaExceeded if they do
-        not fit (nothing counted). The caller then stores them, usage entry first."""
-        used = await self.used(tenant)
+        not fit (nothing counted). The caller then stores them, usage entry first. A
+        tenant with no limit is not listed for it: its total (the gauge, /v1/usage) is
+        brought up to date by the idle round, or when asked."""
         limit = self.limit(tenant)
-        if limit is not None and used + nbytes > limit:
+        if limit is None:
+            view = self._views.setdefault(tenant, _View())
+            view.charged_at = time.monotonic()
+            view.added.append((view.charged_at, nbytes))
+            return
+        used = await self.used(tenant)
+        if used + nbytes > limit:
             raise StorageQuotaExceeded(
                 f"tenant {tenant!r} stores {used} bytes of its {limit}: {nbytes} more do "
                 "not fit; stored bytes come back as invocations reach their TTL",
@@ -122,6 +144,7 @@ class StorageQuota:
             started = time.monotonic()
             total = await self.ledger.total(tenant, datetime.now(UTC))
             view.base, view.listed_at = total, started
+            view.listing_s = time.monotonic() - started
             view.added = [(at, n) for at, n in view.added if at >= started]
 
     # -- the background listing -----------------------------------------------------------
@@ -134,9 +157,12 @@ class StorageQuota:
             self._views.setdefault(tenant, _View())
         for tenant, view in list(self._views.items()):
             active = now - view.read_at < ACTIVE_S
-            if tenant not in self.named and not active and now - view.read_at > FORGET_S:
+            idle_for = now - max(view.read_at, view.charged_at)
+            cheap = LISTING_SHARE_INVERSE * view.listing_s <= self.refresh_s
+            if tenant not in self.named and idle_for > FORGET_S:
                 del self._views[tenant]
-            elif active or view.base is None or now - view.listed_at > IDLE_REFRESH_S:
+            elif (view.base is None or now - view.listed_at > IDLE_REFRESH_S
+                  or (active and (cheap or now - view.listed_at >= self._interval(view)))):
                 await self._refresh(tenant, view)
         self._set_gauge()
 
