@@ -197,13 +197,15 @@ def measure_janitor(count: int, env: Mapping[str, str] | None = None,
 
 
 def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
-                   timeout_s: float = 3600, say: Callable[[str], None] = print
-                   ) -> dict[str, Any]:
+                   timeout_s: float = 3600, ttl_s: int | None = None,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
     """``calls`` sync print(1) invocations through a pooled local gateway, each with an
     Idempotency-Key of its own, ``clients`` at a time; the gateway's RSS sampled
     ``samples`` times on the way. Bounded tables (keys, locks, task sets, label sets)
     show as a flat line once warm; a table that keeps something per invocation, as a
-    slope."""
+    slope. With ``ttl_s`` the invocations expire (the janitor deletes them) so what is
+    stored stays bounded too: a slope left then is one that grows with the calls served,
+    not with the invocations kept."""
     from bench.footprint import rss_mb
     from bench.services import LOAD_SETTINGS, POOLED, write_profiles
 
@@ -216,6 +218,10 @@ def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
     pid, every = gateway.proc.pid, max(1, calls // samples)
     trace: list[dict[str, Any]] = []
     failed = 0
+
+    body: dict[str, Any] = {"profile": "python3.11", "code": "print(1)"}
+    if ttl_s is not None:
+        body["ttl_s"] = ttl_s
 
     async def sample(client: httpx.AsyncClient, n: int) -> None:
         """RSS, and the metric series the gateway exports (a label set per series)."""
@@ -241,7 +247,7 @@ def measure_memory(calls: int, *, clients: int = 8, samples: int = 10,
                     n = taken
                     answer = await client.post(
                         "/v1/invocations", headers={"Idempotency-Key": f"mem-{n}"},
-                        json={"profile": "python3.11", "code": "print(1)"})
+                        json=body)
                     if answer.status_code != 200 or answer.json().get("stdout") != "1\n":
                         failed += 1
                     if n % every == 0:
@@ -291,9 +297,12 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="S3 storage on SeaweedFS")
     parser.add_argument("--calls", type=int, default=0,
                         help="instead: the gateway's memory over this many invocations")
+    parser.add_argument("--ttl-s", type=int, default=None,
+                        help="with --calls: each invocation's TTL (what is kept stays bounded)")
     args = parser.parse_args()
     if args.calls:
-        print(measure_memory(args.calls, say=lambda line: print(line, flush=True)))
+        print(measure_memory(args.calls, ttl_s=args.ttl_s,
+                             say=lambda line: print(line, flush=True)))
         return
     if not args.s3:
         measure_all(args.sizes, args.janitor)
