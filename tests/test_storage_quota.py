@@ -279,8 +279,9 @@ def test_an_invocation_counts_as_its_final_entry_else_admission_plus_largest_res
 async def test_a_tenant_is_listed_for_its_limit_only_and_less_often_when_listing_costs(
         tmp_path: Path) -> None:
     """A tenant with no stored-bytes limit (``max_stored_bytes: null``; the default is
-    10 GiB) is not listed on its calls (its total is listed when asked), and a tenant whose listing is slow is listed less often than
-    every refresh: at most a tenth of the time goes to listing."""
+    10 GiB) is not listed on its calls (its total is listed when asked), and a tenant
+    whose listing is slow is listed less often than every refresh: at most a tenth of the
+    time goes to listing."""
     import asyncio
     from collections import Counter
     from datetime import UTC, datetime, timedelta
