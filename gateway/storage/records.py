@@ -310,9 +310,8 @@ class InvocationStore:
             self._store.list_children(f"{tenant}/", start_after=after, limit=limit),
             self._store.list_keys(index, start_after=index + after if after else None,
                                   limit=limit))
-        ids = {i for i in stored if i.startswith("inv_")}
-        ids.update(key[len(index):] for key in accepted if key[len(index):].startswith("inv_"))
-        return sorted(ids)[:limit]
+        names = {*stored, *(key[len(index):] for key in accepted)}
+        return sorted(i for i in names if i.startswith("inv_"))[:limit]
 
     # -- indexes ------------------------------------------------------------------------
 

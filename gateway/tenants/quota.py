@@ -158,6 +158,8 @@ class StorageQuota:
         for tenant, view in list(self._views.items()):
             active = now - view.read_at < ACTIVE_S
             idle_for = now - max(view.read_at, view.charged_at)
+            # A cheap listing is done every round, as before: rounds come every refresh_s,
+            # and comparing their jitter with the interval would skip every other one.
             cheap = LISTING_SHARE_INVERSE * view.listing_s <= self.refresh_s
             if tenant not in self.named and idle_for > FORGET_S:
                 del self._views[tenant]
