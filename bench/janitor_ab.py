@@ -26,7 +26,7 @@ from gateway.storage.records import InvocationStore
 async def _sweep(store: ObjectStore, batched: bool) -> float:
     records = InvocationStore(store)
     started, count = time.monotonic(), 0
-    while due := await records.expired(datetime.now(UTC), limit=500):
+    async for due in records.due(datetime.now(UTC), limit=500):
         if batched:
             await records.delete_expired(due)
         else:

@@ -340,10 +340,11 @@ async def test_expired_and_delete_expired_remove_exactly_the_expired(
     await store.put(inv.artifact_key("tenant-a", old.id, "out.txt"), b"o", expires_at=now)
     before = set(await store.list_keys(""))
 
-    due = await inv.expired(now)
-    assert [(e.tenant, e.invocation_id) for e in due] == [
-        ("tenant-b", older.id), ("tenant-a", old.id)]
-    deleted = await inv.delete_expired(due)
+    batches = [batch async for batch in inv.due(now)]
+    # One batch a tenant (tenant by tenant, each tenant's oldest first), no more.
+    assert [[(e.tenant, e.invocation_id) for e in batch] for batch in batches] == [
+        [("tenant-a", old.id)], [("tenant-b", older.id)]]
+    deleted = sum([await inv.delete_expired(batch) for batch in batches])
     # each: its record (its small output inside) and its idempotency entry; one artifact
     assert deleted >= 5
 
@@ -353,8 +354,78 @@ async def test_expired_and_delete_expired_remove_exactly_the_expired(
     assert (await inv.load("tenant-a", young.id)).status == Status.succeeded
     assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(young.id)) is not None
     assert await inv.idempotency("tenant-a", inv.hash_idempotency_key(old.id)) is None
-    assert await inv.expired(now) == []
-    assert await inv.expired(now + timedelta(hours=2)) != []  # the young one, in time
+    assert [batch async for batch in inv.due(now)] == []
+    later = [e.invocation_id for batch in [b async for b in inv.due(now + timedelta(hours=2))]
+             for e in batch]
+    assert later == [young.id]  # the young one, in time
+
+
+async def test_a_sweep_pages_through_what_is_due_and_stops_at_the_first_entry_not_due(
+        store: ObjectStore) -> None:
+    """Each tenant's usage entries are its expiry index, in expiry order: a sweep reads
+    pages of what is due and stops at the first entry that is not; an invocation's
+    entries (a, r, s) may straddle two pages and are all deleted."""
+    from gateway.storage.usage import RESERVED, tenant_prefix
+
+    inv = InvocationStore(store)
+    now = datetime.now(UTC)
+    due = [record("t", expires_at=now - timedelta(seconds=100 - i)) for i in range(7)]
+    kept = [record("t", expires_at=now + timedelta(seconds=60 + i)) for i in range(3)]
+    for r in due + kept:
+        await inv.create(r, b"{}", stored_bytes=10)
+        await inv.usage.record(r.tenant, r.id, RESERVED, r.expires_at, 20)
+        r.status = Status.succeeded
+        await inv.finish(r, stored_bytes=30)
+    await inv.close()
+    batches = [batch async for batch in inv.due(now, limit=4)]
+    assert all(sum(len(e.markers) for e in batch) <= 4 for batch in batches)
+    assert {e.invocation_id for batch in batches for e in batch} == {r.id for r in due}
+    for batch in batches:
+        await inv.delete_expired(batch)
+    left = await store.list_keys(tenant_prefix("t"))
+    assert len(left) == 3 * len(kept) and all(r.id not in k for r in due for k in left)
+    page, _ = await inv.list_page("t", status=None, profile=None, cursor=None, limit=100)
+    assert sorted(r.id for r in page) == sorted(r.id for r in kept)
+    assert [batch async for batch in inv.due(now)] == []
+
+
+async def test_the_earlier_layouts_expiry_markers_and_usage_entries_are_still_swept(
+        store: ObjectStore) -> None:
+    """Invocations stored before the usage entries became the expiry index: an
+    ``_expiry/{minute}/`` marker listing the Idempotency-Key's entry, and usage entries
+    named ``{id}~{kind}~{epoch}~{bytes}``. The janitor deletes them at their TTL, and
+    their stored bytes count until then."""
+    inv = InvocationStore(store)
+    now = datetime.now(UTC)
+    old = record("t", expires_at=now - timedelta(seconds=30))
+    young = record("t", expires_at=now + timedelta(hours=1))
+    old_epoch = int(old.expires_at.timestamp())
+    for r in (old, young):
+        epoch = int(r.expires_at.timestamp())
+        idem = f"_idempotency/t/{'0' * 63}{r.id[-1]}"
+        minute = r.expires_at.strftime("%Y%m%d%H%M")
+        await store.put(f"t/{r.id}/record.json", r.model_dump_json().encode(),
+                        expires_at=LATER)
+        await store.put(idem, b"{}", expires_at=LATER)
+        await store.put(f"_expiry/{minute}/{epoch:010d}~t~{r.id}",
+                        f'{{"keys": ["{idem}"]}}'.encode(), expires_at=LATER)
+        await store.put(f"_usage/t/{r.id}~a~{epoch}~100", b"", expires_at=LATER)
+        await store.put(f"_usage/t/{r.id}~s~{epoch}~300", b"", expires_at=LATER)
+    batches = [batch async for batch in inv.due(now)]
+    assert [[(e.invocation_id, e.legacy) for e in b] for b in batches] == [[(old.id, True)]]
+    assert await inv.delete_expired(batches[0]) == 2  # its record and its idempotency entry
+    left = set(await store.list_keys(""))
+    assert {k for k in left if old.id in k} == {f"_usage/t/{old.id}~a~{old_epoch}~100",
+                                                f"_usage/t/{old.id}~s~{old_epoch}~300"}
+    assert f"_idempotency/t/{'0' * 63}{old.id[-1]}" not in left
+    assert sum(young.id in k for k in left) == 4 and len(left) == 7
+    # The young one counts as its s; the old one's expired entries, and the young one's
+    # superseded a, go with the listing that finds them.
+    assert await inv.usage.total("t", now) == 300
+    left = set(await store.list_keys(""))
+    assert not any(old.id in k for k in left)
+    assert {k for k in left if k.startswith("_usage/")} == {
+        f"_usage/t/{young.id}~s~{int(young.expires_at.timestamp())}~300"}
 
 
 async def test_local_deletes_keep_the_directories_every_call_would_make_again(

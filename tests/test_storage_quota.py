@@ -260,7 +260,7 @@ def test_an_invocation_counts_as_its_final_entry_else_admission_plus_largest_res
     now = datetime.now(UTC)
     later, past = now + timedelta(hours=1), now - timedelta(seconds=1)
     keys = [
-        entry_key("t", "inv_1", "a", later, 100),  # finished: its s entry alone
+        entry_key("t", "inv_1", "a", later, 100, "ab" * 32),  # finished: its s entry alone
         entry_key("t", "inv_1", "r", later, 5000),
         entry_key("t", "inv_1", "s", later, 3000),
         entry_key("t", "inv_2", "a", later, 200),  # running: a + the largest r
@@ -268,12 +268,20 @@ def test_an_invocation_counts_as_its_final_entry_else_admission_plus_largest_res
         entry_key("t", "inv_2", "r", later, 900),
         entry_key("t", "inv_3", "s", past, 10**9),  # expired: counts nothing
         "_usage/t/not-an-entry",
-        entry_key("t", "inv_10", "a", later, 50),  # lists between inv_1's? no: before
+        "_usage/t/0000000001~inv_4~x~5",
+        entry_key("t", "inv_10", "a", later, 50),
+        # The earlier layout ({id}~{kind}~{epoch}~{bytes}), still counted:
+        f"_usage/t/inv_5~a~{int(later.timestamp())}~70",
+        f"_usage/t/inv_5~s~{int(later.timestamp())}~40",
+        f"_usage/t/inv_6~s~{int(past.timestamp())}~10000",  # expired
     ]
     found = tally(sorted(keys), now.timestamp())  # in listing order, as stores list
-    assert found.total == 3000 + 200 + 900 + 50
-    assert found.invocations == 3
-    assert sorted(found.garbage) == sorted([keys[0], keys[1], keys[6]])
+    assert found.total == 3000 + 200 + 900 + 50 + 40
+    assert found.invocations == 4
+    # Superseded: inv_1's r (its a stays: the janitor's marker); the earlier layout's a
+    # beside its s, and its expired entry. An expired entry of this layout is the
+    # janitor's to delete, after its invocation.
+    assert sorted(found.garbage) == sorted([keys[1], keys[10], keys[12]])
 
 
 async def test_a_tenant_is_listed_for_its_limit_only_and_less_often_when_listing_costs(

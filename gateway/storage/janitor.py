@@ -1,5 +1,6 @@
 """The janitor: deletes every invocation past its TTL, with everything it owns, through
-the expiry index (so a sweep reads only what is due, never the whole store)."""
+the expiry index (the usage ledger's entries, in expiry order per tenant: so a sweep
+reads what is due and one page per tenant that keeps anything, never the whole store)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,7 @@ class Janitor:
         """Delete what is due at ``now``; returns the number of objects deleted."""
         now = now or datetime.now(UTC)
         deleted = 0
-        while True:
-            due = await self.records.expired(now, limit=500)
-            if not due:
-                break
+        async for due in self.records.due(now, limit=500):
             deleted += await self.records.delete_expired(due)
         if deleted:
             self.metrics.janitor_deleted.inc(deleted)

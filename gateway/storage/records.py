@@ -14,9 +14,13 @@ Beside it, small indexes, each an object per entry so any replica can read them:
                                      (what recovery runs): until the code is claimed a
                                      worker, there is no record.json (one object fewer)
     _callbacks/{tenant}/{id}         a callback not yet delivered (its owner, its secret)
-    _expiry/{minute}/{epoch}~{tenant}~{id}   what the janitor deletes, and when
     _idempotency/{tenant}/{sha256(key)}      Idempotency-Key -> invocation id
-    _usage/{tenant}/{id}~{kind}~{epoch}~{bytes}  what it keeps (gateway.storage.usage)
+    _usage/{tenant}/{epoch}~{id}~{kind}~{bytes}[~{sha256(key)}]
+                                     what it keeps, and when it expires: the stored-bytes
+                                     quota's ledger and the janitor's expiry index in one
+                                     (gateway.storage.usage; the a entry is the marker)
+    _expiry/{minute}/{epoch}~{tenant}~{id}   the expiry index of an earlier layout, still
+                                     swept (no longer written: it was an object more)
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from gateway.errors import InvocationNotFound, ObjectNotFound
 from gateway.models import InvocationRecord, Status
 from gateway.storage.base import ObjectStore
 from gateway.storage.deferred import FLUSH_EVERY_S, DeferredDeletes
-from gateway.storage.usage import ADMITTED, STORED, UsageLedger, entry_key
+from gateway.storage.usage import (
+    ADMITTED,
+    STORED,
+    USAGE,
+    UsageLedger,
+    entry_key,
+    parse_entry,
+    tenant_prefix,
+)
 
 PENDING = "_pending"
 EXPIRY = "_expiry"
@@ -72,10 +84,14 @@ def _bucket(at: datetime) -> str:
 
 @dataclass(frozen=True)
 class ExpiryEntry:
-    marker: str
-    expires_epoch: int
+    """An invocation past its TTL, as the expiry index names it."""
+
     tenant: str
     invocation_id: str
+    expires_epoch: int
+    markers: tuple[str, ...]  # its index entries: deleted last, after all it owns
+    owned: tuple[str, ...] = ()  # keys it owns outside its prefix (its Idempotency-Key's)
+    legacy: bool = False  # an _expiry/ marker of the earlier layout: its body lists them
 
 
 @dataclass(frozen=True)
@@ -137,13 +153,10 @@ class InvocationStore:
 
     async def create(self, record: InvocationRecord, request_body: bytes,
                      idempotency: tuple[str, str] | None = None, *,
-                     stored_bytes: int | None = None) -> None:
+                     stored_bytes: int = 0) -> None:
         """Persist a new invocation: after this returns it survives a gateway crash.
-        ``stored_bytes``: its usage entry (what admission charged), written with it."""
-        exp = record.expires_at
+        ``stored_bytes``: what admission charged it, in its usage entry."""
         t, i = record.tenant, record.id
-        marker = f"{EXPIRY}/{_bucket(exp)}/{int(exp.timestamp()):010d}{_SEP}{t}{_SEP}{i}"
-        extra_keys = []
         # The record as accepted and the request ride in the pending marker: one object
         # for both, written at once (a crash cannot keep one without the other), and no
         # record.json until there is more to say (the worker claimed: 'running').
@@ -151,15 +164,16 @@ class InvocationStore:
         _, record_json, _ = self._record_item(record)
         items = [(self._entry(PENDING, t, i), pending_body(record_json, request_body),
                   BINARY)]
+        key_hash = None
         if idempotency is not None:
             key_hash, body_hash = idempotency
-            idem_key = self._entry(IDEMPOTENCY, t, key_hash)
-            extra_keys.append(idem_key)
-            items.append((idem_key, orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
-        items.append((marker, orjson.dumps({"keys": extra_keys}), JSON))
-        if stored_bytes is not None:
-            items.append((entry_key(t, i, ADMITTED, exp, stored_bytes), b"", BINARY))
-        await self._store.put_many(items, expires_at=exp)
+            items.append((self._entry(IDEMPOTENCY, t, key_hash),
+                          orjson.dumps({"id": i, "body_sha256": body_hash}), JSON))
+        # The usage entry is the expiry marker too (it names the Idempotency-Key's entry
+        # for the janitor): one object where there were two.
+        items.append((entry_key(t, i, ADMITTED, record.expires_at, stored_bytes, key_hash),
+                      b"", BINARY))
+        await self._store.put_many(items, expires_at=record.expires_at)
 
     def _record_item(self, record: InvocationRecord, *, with_logs: bool = False
                      ) -> tuple[str, bytes, str]:
@@ -336,22 +350,71 @@ class InvocationStore:
             return None
         return IdempotencyEntry(raw["id"], raw["body_sha256"])
 
-    async def expired(self, now: datetime, *, limit: int = 1000) -> list[ExpiryEntry]:
-        """Expiry entries due at ``now``, oldest first."""
-        current = _bucket(now)
-        epoch_now = now.timestamp()
-        out: list[ExpiryEntry] = []
+    async def due(self, now: datetime, *, limit: int = 500
+                  ) -> AsyncIterator[list[ExpiryEntry]]:
+        """The invocations past their TTL at ``now``, in batches of at most ``limit``
+        index entries: the earlier layout's index first, then each tenant's entries, the
+        oldest first. Each tenant's listing stops at its first entry not yet due, so a
+        sweep costs a listing per tenant that keeps anything, plus one per page of what
+        is due. The caller deletes a batch before it asks for the next."""
+        async for batch in self._legacy_due(now, limit):
+            yield batch
+        epoch_now, after = now.timestamp(), None
+        while tenants := await self._store.list_children(f"{USAGE}/", start_after=after):
+            for tenant in tenants:
+                async for batch in self._tenant_due(tenant, epoch_now, limit):
+                    yield batch
+            after = tenants[-1]
+
+    async def _tenant_due(self, tenant: str, epoch_now: float, limit: int
+                          ) -> AsyncIterator[list[ExpiryEntry]]:
+        prefix, after = tenant_prefix(tenant), None
+        while True:
+            keys = await self._store.list_keys(prefix, start_after=after, limit=limit)
+            found: dict[str, list[str]] = {}
+            owned: dict[str, list[str]] = {}
+            epochs: dict[str, int] = {}
+            done = len(keys) < limit
+            for key in keys:
+                entry = parse_entry(key)
+                if entry is None:
+                    continue
+                if entry.legacy or entry.expires_epoch > epoch_now:
+                    done = True  # the rest is later (or the earlier layout's: not here)
+                    break
+                found.setdefault(entry.invocation_id, []).append(key)
+                epochs[entry.invocation_id] = entry.expires_epoch
+                if entry.idempotency_hash is not None:
+                    owned.setdefault(entry.invocation_id, []).append(
+                        self._entry(IDEMPOTENCY, tenant, entry.idempotency_hash))
+            if found:
+                yield [ExpiryEntry(tenant, inv, epochs[inv], tuple(markers),
+                                   tuple(owned.get(inv, ())))
+                       for inv, markers in found.items()]
+            if done:
+                return
+            after = keys[-1]
+
+    async def _legacy_due(self, now: datetime, limit: int
+                          ) -> AsyncIterator[list[ExpiryEntry]]:
+        """The ``_expiry/{minute}/`` index of the earlier layout (empty once its last
+        invocation expired)."""
+        current, epoch_now = _bucket(now), now.timestamp()
         for bucket in await self._store.list_children(f"{EXPIRY}/"):
             if bucket > current:
-                break
-            for key in await self._store.list_keys(f"{EXPIRY}/{bucket}/", limit=limit):
-                name = key.rsplit("/", 1)[1]
-                epoch_s, tenant, inv = name.split(_SEP, 2)
-                if int(epoch_s) <= epoch_now:
-                    out.append(ExpiryEntry(key, int(epoch_s), tenant, inv))
-                if len(out) >= limit:
-                    return out
-        return out
+                return
+            after = None
+            while keys := await self._store.list_keys(f"{EXPIRY}/{bucket}/",
+                                                      start_after=after, limit=limit):
+                batch = []
+                for key in keys:
+                    epoch_s, tenant, inv = key.rsplit("/", 1)[1].split(_SEP, 2)
+                    if int(epoch_s) <= epoch_now:
+                        batch.append(ExpiryEntry(tenant, inv, int(epoch_s), (key,),
+                                                 legacy=True))
+                if batch:
+                    yield batch
+                after = keys[-1]
 
     async def delete_expired(self, entries: list[ExpiryEntry], *, concurrency: int = 16
                              ) -> int:
@@ -365,18 +428,21 @@ class InvocationStore:
 
         async def own(entry: ExpiryEntry) -> tuple[int, list[str]]:
             async with slots:
-                try:
-                    extra = orjson.loads(await self._store.get(entry.marker)).get("keys", [])
-                except (ObjectNotFound, orjson.JSONDecodeError):
-                    extra = []
+                owned = list(entry.owned)
+                if entry.legacy:
+                    try:
+                        owned = orjson.loads(await self._store.get(entry.markers[0])
+                                             ).get("keys", [])
+                    except (ObjectNotFound, orjson.JSONDecodeError):
+                        owned = []
                 count = await self._store.delete_prefix(
                     self.prefix(entry.tenant, entry.invocation_id))
-            return count + len(extra), [
-                *extra, self._entry(PENDING, entry.tenant, entry.invocation_id)]
+            return count + len(owned), [
+                *owned, self._entry(PENDING, entry.tenant, entry.invocation_id)]
 
         owned = await asyncio.gather(*(own(entry) for entry in entries))
         await self._store.delete_keys([key for _, keys in owned for key in keys])
-        await self._store.delete_keys([entry.marker for entry in entries])
+        await self._store.delete_keys([m for entry in entries for m in entry.markers])
         return sum(count for count, _ in owned)
 
     # -- outputs ------------------------------------------------------------------------

@@ -1,19 +1,28 @@
 """The usage ledger: what each invocation keeps in storage, as empty objects whose keys
-say it, so one listing sums a tenant's stored bytes:
+say it, so one listing sums a tenant's stored bytes. It is also the expiry index: the
+janitor finds what is due at the front of each tenant's listing.
 
-    _usage/{tenant}/{id}~{kind}~{expires_epoch}~{bytes}
+    _usage/{tenant}/{expires_epoch}~{id}~{kind}~{bytes}[~{idempotency key hash}]
 
 ``kind`` is when the entry was written:
 
-    a   admitted: the request and room for its record, written with the request
+    a   admitted: the request and room for its record, written with the request; the
+        invocation's expiry marker too (it names its Idempotency-Key's entry, if any)
     r   reserved: the artifacts about to be stored (or presigned), before they are
-    s   stored: everything the invocation keeps, measured at its end (then a and r are
-        superseded)
+    s   stored: everything the invocation keeps, measured at its end (then r is
+        superseded, and a counts nothing: it stays, as the marker)
 
 An invocation counts as its ``s`` entry if it has one, else ``a`` plus its largest ``r``
 (a worker asking for URLs twice leaves two). An entry counts until its expiry, the
 invocation's own: the bytes come back at the TTL, whenever the janitor deletes the
-objects. Superseded and expired entries are deleted by the listing that finds them.
+objects. A listing deletes the superseded ``r`` entries it finds; the janitor deletes the
+rest with the invocation. The expiry leads the name, so a tenant's listing is in expiry
+order (the due entries first), and one invocation's entries stay adjacent (they share
+``{epoch}~{id}~``).
+
+The earlier layout, ``{id}~{kind}~{epoch}~{bytes}`` beside a separate ``_expiry/`` marker,
+is still counted (its names sort after these: letters after digits), and its expired
+entries are deleted by the listing that finds them, as before.
 
 Why entries and not a counter: the sum is exact across replicas and crashes with nothing
 but PUT, LIST and DELETE (no compare-and-swap, which not every S3-compatible store has,
@@ -34,6 +43,7 @@ from gateway.storage.base import ObjectStore
 
 USAGE = "_usage"
 ADMITTED, RESERVED, STORED = "a", "r", "s"
+KINDS = frozenset({ADMITTED, RESERVED, STORED})
 _SEP = "~"
 # A listing reads at most this many entries of one tenant (10 GiB in 4 KiB invocations is
 # 2.6 million): bounded, and far above what a refresh interval can afford anyway.
@@ -43,9 +53,16 @@ log = logging.getLogger("jobgate.usage")
 
 
 def entry_key(tenant: str, invocation_id: str, kind: str, expires_at: datetime,
-              nbytes: int) -> str:
-    return (f"{USAGE}/{tenant}/{invocation_id}{_SEP}{kind}{_SEP}"
-            f"{int(expires_at.timestamp()):010d}{_SEP}{max(nbytes, 0)}")
+              nbytes: int, idempotency_hash: str | None = None) -> str:
+    name = (f"{int(expires_at.timestamp()):010d}{_SEP}{invocation_id}{_SEP}{kind}{_SEP}"
+            f"{max(nbytes, 0)}")
+    if idempotency_hash is not None:
+        name += _SEP + idempotency_hash
+    return f"{USAGE}/{tenant}/{name}"
+
+
+def tenant_prefix(tenant: str) -> str:
+    return f"{USAGE}/{tenant}/"
 
 
 @dataclass(frozen=True)
@@ -55,24 +72,33 @@ class Entry:
     kind: str
     expires_epoch: int
     nbytes: int
+    # The hash of the invocation's Idempotency-Key (its a entry names it; the janitor
+    # deletes that entry with the invocation).
+    idempotency_hash: str | None = None
+    # An entry of the earlier layout (its own expiry marker elsewhere): the listing that
+    # finds it expired deletes it.
+    legacy: bool = False
 
 
 def parse_entry(key: str) -> Entry | None:
     """An entry from its key; None for a key that is not one (never trusted blindly)."""
-    name = key.rsplit("/", 1)[-1]
-    parts = name.split(_SEP)
-    if len(parts) != 4 or parts[1] not in (ADMITTED, RESERVED, STORED):
-        return None
+    parts = key.rsplit("/", 1)[-1].split(_SEP)
     try:
-        return Entry(key, parts[0], parts[1], int(parts[2]), int(parts[3]))
+        if parts[0].isdigit() and len(parts) in (4, 5) and parts[2] in KINDS:
+            return Entry(key, parts[1], parts[2], int(parts[0]), int(parts[3]),
+                         parts[4] if len(parts) == 5 else None)
+        if len(parts) == 4 and parts[1] in KINDS:
+            return Entry(key, parts[0], parts[1], int(parts[2]), int(parts[3]),
+                         legacy=True)
     except ValueError:
         return None
+    return None
 
 
 @dataclass(frozen=True)
 class Tally:
     """A tenant's stored bytes as one listing found them, and the entries it no longer
-    needs (superseded or expired)."""
+    needs (superseded, or expired of the earlier layout)."""
 
     total: int
     invocations: int
@@ -81,8 +107,8 @@ class Tally:
 
 def tally(keys: Iterable[str], now_epoch: float) -> Tally:
     """The total of ``keys`` in listing order (lexicographic), where an invocation's
-    entries are adjacent (they share the prefix ``{id}~``): one invocation's entries are
-    held at a time, not the whole listing's (10^5 kept invocations held 35 MiB)."""
+    entries are adjacent: one invocation's entries are held at a time, not the whole
+    listing's (10^5 kept invocations held 35 MiB)."""
     total = invocations = 0
     garbage: list[str] = []
     group: list[Entry] = []
@@ -96,7 +122,10 @@ def tally(keys: Iterable[str], now_epoch: float) -> Tally:
         if stored:
             final = max(stored, key=lambda e: e.nbytes)
             total += final.nbytes
-            garbage.extend(e.key for e in entries if e is not final)
+            # The a entry is the expiry marker, kept for the janitor (but one of the
+            # earlier layout, whose marker is elsewhere).
+            garbage.extend(e.key for e in entries
+                           if e is not final and (e.kind != ADMITTED or e.legacy))
         else:
             total += sum(e.nbytes for e in entries if e.kind == ADMITTED)
             total += max((e.nbytes for e in entries if e.kind == RESERVED), default=0)
@@ -106,9 +135,11 @@ def tally(keys: Iterable[str], now_epoch: float) -> Tally:
         if entry is None:
             continue
         if entry.expires_epoch <= now_epoch:
-            garbage.append(key)
+            if entry.legacy:  # the janitor deletes the others, after their invocation
+                garbage.append(key)
             continue
-        if group and group[0].invocation_id != entry.invocation_id:
+        if group and (group[0].invocation_id, group[0].legacy) != (entry.invocation_id,
+                                                                   entry.legacy):
             count(group)
             group = []
         group.append(entry)
@@ -128,7 +159,7 @@ class UsageLedger:
     async def total(self, tenant: str, now: datetime) -> int:
         """The tenant's stored bytes now, from one listing of its entries (in key order,
         as every store lists: what ``tally`` needs)."""
-        keys = await self._store.list_keys(f"{USAGE}/{tenant}/", limit=MAX_ENTRIES)
+        keys = await self._store.list_keys(tenant_prefix(tenant), limit=MAX_ENTRIES)
         found = tally(keys, now.timestamp())
         if found.garbage:
             try:
