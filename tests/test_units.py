@@ -176,3 +176,41 @@ def test_a_keyed_task_is_the_only_one_of_its_key_until_it_ends(
         asyncio.run(main())
     failures = [r for r in caplog.records if r.name == "test.supervise"]
     assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+def test_the_pool_holds_a_safety_stock_and_keeps_a_surplus_for_a_window() -> None:
+    """The idle target covers the calls expected while a worker starts plus three of
+    their spreads (48 calls/s, 100 ms starts: 4.8 expected, target 13 with headroom), and
+    a worker the target no longer needs is discarded only once it idled a whole window."""
+    from gateway.executors.pool import DemandSizer
+
+    sizer = DemandSizer(1, 64, initial_start_s=0.1)
+    sizer.start_deviation.value = 0.0
+    now = time.monotonic()
+    sizer._arrivals.extend(now - i / 48 for i in range(480))  # 48/s over the window
+    assert sizer.target() == 4 + 1 + 7 + 1  # ceil(4.8 + 3 * sqrt(4.8)) = 12, + headroom
+
+    async def main() -> None:
+        discarded: list[str] = []
+
+        async def spawn() -> WorkerHandle:
+            return _worker(len(discarded) + 100)
+
+        async def discard(w: WorkerHandle) -> None:
+            discarded.append(w.id)
+
+        pool = WarmPool("p", executor="test", spawn=spawn, discard=discard,
+                        alive=lambda w: True, min_idle=1, max_idle=8, max_concurrency=8,
+                        queue_size=1)
+        young, old = _worker(1), _worker(2)
+        young.ready_at = time.monotonic()
+        old.ready_at = time.monotonic() - 2 * pool.sizer.window_s
+        pool._idle.extend([old, _worker(3), young])
+        pool._idle[1].ready_at = time.monotonic()
+        pool._reconcile()  # target 1 (no calls): two surplus, one of them old enough
+        await asyncio.sleep(0.01)
+        assert discarded == [old.id]
+        assert [w.id for w in pool._idle] == [_worker(3).id, young.id]
+        await pool.stop()
+
+    asyncio.run(main())
