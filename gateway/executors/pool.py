@@ -5,14 +5,7 @@ warm start) or waits in a bounded queue for the next one that becomes ready (a c
 start: the same code path, the worker is simply younger). A controller task keeps the
 idle count at a target sized from recent demand:
 
-    expected    = arrival_rate * start_time      (calls that come while one worker starts)
-    target_idle = clamp(ceil(expected + SAFETY * sqrt(expected)) + headroom, min, max)
-
-``start_time`` is taken high (the mean start latency plus twice its mean deviation), and
-the square root is a safety stock: calls come unevenly, and the number that come in one
-start time varies about as a Poisson count does (its spread is the root of its mean), so
-the pool holds three spreads more than the mean. Sized from the mean alone, a pool at a
-steady 48 calls/s kept 4 idle and still ran dry.
+    target_idle = clamp(ceil(arrival_rate * start_latency) + headroom, min, max)
 
 and spawns at a limited rate, so a burst never stampedes the machine or the API server.
 """
@@ -70,15 +63,10 @@ class Ewma:
         self.value = self.alpha * sample + (1 - self.alpha) * self.value
 
 
-# Spreads of the arrivals in one start time the pool holds beyond their mean.
-SAFETY = 3.0
-
-
 class DemandSizer:
-    """How many idle workers a profile should keep, from recent demand (the module's
-    docstring: the arrivals expected while a worker starts, a safety stock for how
-    unevenly they come, and headroom), within [min, max]. One formula for every
-    executor: the local pool and the Kubernetes pool leader."""
+    """How many idle workers a profile should keep, from recent demand: the arrival rate
+    over a window times the measured start latency, plus headroom, within [min, max].
+    One formula for every executor: the local pool and the Kubernetes pool leader."""
 
     def __init__(self, min_idle: int, max_idle: int, *, initial_start_s: float,
                  headroom: int = 1, window_s: float = 10.0):
@@ -87,20 +75,13 @@ class DemandSizer:
         self.headroom = headroom
         self.window_s = window_s
         self.start_latency = Ewma(0.3, initial_start_s)
-        self.start_deviation = Ewma(0.3, initial_start_s / 2)
         self._arrivals: collections.deque[float] = collections.deque()
 
     def arrival(self) -> None:
         self._arrivals.append(time.monotonic())
 
     def started(self, seconds: float) -> None:
-        self.start_deviation.add(abs(seconds - self.start_latency.value))
         self.start_latency.add(seconds)
-
-    def start_time(self) -> float:
-        """A start's latency, taken high: a slow start drains the pool as surely as
-        a burst of calls does."""
-        return self.start_latency.value + 2 * self.start_deviation.value
 
     def rate(self) -> float:
         now = time.monotonic()
@@ -109,8 +90,7 @@ class DemandSizer:
         return len(self._arrivals) / self.window_s
 
     def target(self) -> int:
-        expected = self.rate() * self.start_time()
-        wanted = math.ceil(expected + SAFETY * math.sqrt(expected))
+        wanted = math.ceil(self.rate() * self.start_latency.value)
         if self._arrivals:
             wanted += self.headroom
         return max(self.min_idle, min(self.max_idle, wanted))
@@ -275,12 +255,7 @@ class WarmPool:
         target = self.target_idle()
         waiting = sum(1 for f in self._waiters if not f.done())
         surplus = len(self._idle) - target - waiting
-        # Only a worker idle for a whole demand window is surplus: the target moves with
-        # every start's latency, and a worker discarded when it dips is one started again
-        # when it rises (measured: that churn cost more at p99 than the cold starts the
-        # safety stock saved). The oldest idle worker is first in line.
-        while (surplus > 0 and len(self._idle) > self.min_idle
-               and now - self._idle[0].ready_at > self.sizer.window_s):
+        while surplus > 0 and len(self._idle) > self.min_idle:
             self._background(self._discard_fn(self._idle.popleft()))
             surplus -= 1
         alive = self._busy + len(self._idle) + self._starting
