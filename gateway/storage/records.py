@@ -43,6 +43,7 @@ from gateway.storage.usage import (
     ADMITTED,
     STORED,
     USAGE,
+    Entry,
     UsageLedger,
     entry_key,
     parse_entry,
@@ -371,9 +372,7 @@ class InvocationStore:
         prefix, after = tenant_prefix(tenant), None
         while True:
             keys = await self._store.list_keys(prefix, start_after=after, limit=limit)
-            found: dict[str, list[str]] = {}
-            owned: dict[str, list[str]] = {}
-            epochs: dict[str, int] = {}
+            found: dict[str, list[Entry]] = {}
             done = len(keys) < limit
             for key in keys:
                 entry = parse_entry(key)
@@ -382,15 +381,13 @@ class InvocationStore:
                 if entry.legacy or entry.expires_epoch > epoch_now:
                     done = True  # the rest is later (or the earlier layout's: not here)
                     break
-                found.setdefault(entry.invocation_id, []).append(key)
-                epochs[entry.invocation_id] = entry.expires_epoch
-                if entry.idempotency_hash is not None:
-                    owned.setdefault(entry.invocation_id, []).append(
-                        self._entry(IDEMPOTENCY, tenant, entry.idempotency_hash))
+                found.setdefault(entry.invocation_id, []).append(entry)
             if found:
-                yield [ExpiryEntry(tenant, inv, epochs[inv], tuple(markers),
-                                   tuple(owned.get(inv, ())))
-                       for inv, markers in found.items()]
+                yield [ExpiryEntry(
+                    tenant, inv, entries[0].expires_epoch, tuple(e.key for e in entries),
+                    tuple(self._entry(IDEMPOTENCY, tenant, e.idempotency_hash)
+                          for e in entries if e.idempotency_hash is not None))
+                    for inv, entries in found.items()]
             if done:
                 return
             after = keys[-1]
